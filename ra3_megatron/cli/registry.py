@@ -1,0 +1,40 @@
+"""Subcommand registry.
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`.
+Modules are named by import path and imported only when their subcommand runs, so `ra3 --help`
+and `ra3 prepare` never pay for importing vLLM or Megatron.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    module: str
+    help: str
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+_REGISTRY: dict[str, Subcommand] = {}
+
+
+def register(name: str, module: str, help: str) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"subcommand {name!r} is already registered by {_REGISTRY[name].module}")
+    _REGISTRY[name] = Subcommand(name, module, help)
+
+
+def subcommands() -> dict[str, Subcommand]:
+    return dict(_REGISTRY)
+
+
+register("demo", "ra3_megatron.cli.demo", "run the tiny end-to-end RA3 recipe on embedded data (CPU, no downloads)")
+register("prepare", "ra3_megatron.cli.prepare", "code files / jsonl / parquet -> Megatron indexed dataset")
+register("models", "ra3_megatron.cli.models", "build the embedded models: SmolLM2-135M from its GGUF, the tiny test model")

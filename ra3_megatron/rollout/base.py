@@ -1,0 +1,91 @@
+"""The rollout interface shared by the vLLM, transformers and fake backends.
+
+Two operations serve the whole method:
+- `generate`: sample n completions per prompt (E-step thoughts, eval, RLVR rollouts);
+- `score_groups`: log-probabilities of given target tokens after a shared prefix and a
+  per-option middle (E-step: prefix = code so far, middle = the thought line or nothing,
+  target = the next tau lines). Grouping tells the engine the prefix is shared, so it can
+  compute it once.
+Plus `load_weights` (new policy weights into the live engine, prefix cache reset).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False  # return the sampled tokens' log-probs
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...] | None = None  # one per token in token_ids, when asked for
+    finish_reason: str = "stop"  # "stop" | "length"
+
+
+@dataclass(frozen=True)
+class ScoreOption:
+    middle: tuple[int, ...]  # tokens between prefix and target, not scored (a thought, or empty)
+    target: tuple[int, ...]  # tokens whose log-probs are returned
+
+
+@dataclass(frozen=True)
+class ScoreGroup:
+    prefix: tuple[int, ...]
+    options: tuple[ScoreOption, ...] = field(default_factory=tuple)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What every backend implements. Token ids are the engine tokenizer's."""
+
+    tokenizer: object
+
+    def generate(self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig) -> list[list[Completion]]:
+        """n completions for each prompt, in prompt order."""
+        ...
+
+    def score_groups(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:
+        """Per group, per option: the log-prob of each target token (len == len(option.target))."""
+        ...
+
+    def load_weights(self, hf_dir: str) -> None:
+        """Replace the weights with those of an HF safetensors dir; reset any prefix cache."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_ENGINES: dict[str, str] = {}
+
+
+def register_engine(name: str, import_path: str) -> None:
+    """Register a backend as "module:Class"; it is imported only when created."""
+    if name in _ENGINES and _ENGINES[name] != import_path:
+        raise ValueError(f"rollout engine {name!r} is already registered as {_ENGINES[name]}")
+    _ENGINES[name] = import_path
+
+
+def create_engine(name: str, **kwargs) -> RolloutEngine:
+    if name not in _ENGINES:
+        raise ValueError(f"unknown rollout engine {name!r}; known: {', '.join(sorted(_ENGINES))}")
+    module, _, cls = _ENGINES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+register_engine("fake", "ra3_megatron.rollout.fake:FakeEngine")
+register_engine("hf", "ra3_megatron.rollout.hf_engine:HFEngine")
+register_engine("vllm", "ra3_megatron.rollout.vllm_engine:VLLMEngine")

