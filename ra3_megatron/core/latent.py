@@ -15,6 +15,7 @@ Records (jsonl): `{"id": str, "text": str, "thoughts": [{"line": int, "text": st
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,29 +96,30 @@ class InfusedSnippet:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not isinstance(self.text, str):
             raise ValueError(f"snippet {self.id!r}: 'id' and 'text' must be strings")
-        thoughts = tuple(sorted(self.thoughts, key=lambda t: t.line if isinstance(t, Thought) else -1))
-        object.__setattr__(self, "thoughts", thoughts)
         lines = split_lines(self.text)
-        seen: set[int] = set()
-        for t in thoughts:
-            where = f"snippet {self.id!r}, thought {t!r}"
+        checked: dict[int, Thought] = {}
+        for k, t in enumerate(self.thoughts):
             if not isinstance(t, Thought):
-                raise ValueError(f"{where}: not a Thought")
-            if isinstance(t.line, bool) or not isinstance(t.line, int):
+                raise ValueError(f"snippet {self.id!r}, thought #{k}: not a Thought ({type(t).__name__})")
+            where = f"snippet {self.id!r}, thought #{k} (line {t.line!r})"
+            if isinstance(t.line, bool) or not isinstance(t.line, numbers.Integral):
                 raise ValueError(f"{where}: 'line' must be an integer")
-            if not 0 <= t.line < len(lines) or is_blank(lines[t.line]):
+            line = int(t.line)  # numpy integers become plain ints (JSON-serializable)
+            if not 0 <= line < len(lines) or is_blank(lines[line]):
                 raise ValueError(
-                    f"{where}: line {t.line} is not a non-blank line of the text ({len(lines)} lines)"
+                    f"{where}: line {line} is not a non-blank line of the text ({len(lines)} lines)"
                 )
-            if t.line in seen:
-                raise ValueError(f"{where}: more than one thought before line {t.line}")
-            seen.add(t.line)
+            if line in checked:
+                raise ValueError(f"{where}: more than one thought before line {line}")
             if validate_thought_text(t.text) is None:
                 raise ValueError(f"{where}: text must be a non-empty single line (no line breaks, NUL)")
-            if t.gain is not None and (
-                isinstance(t.gain, bool) or not isinstance(t.gain, int | float) or not math.isfinite(t.gain)
-            ):
-                raise ValueError(f"{where}: 'gain' must be a finite number or null")
+            gain = t.gain
+            if gain is not None:
+                if isinstance(gain, bool) or not isinstance(gain, numbers.Real) or not math.isfinite(gain):
+                    raise ValueError(f"{where}: 'gain' must be a finite number or null")
+                gain = float(gain)
+            checked[line] = Thought(line, t.text, gain)
+        object.__setattr__(self, "thoughts", tuple(checked[n] for n in sorted(checked)))
 
     def _render(self, upto: int | None = None) -> tuple[str, list[tuple[int, int]]]:
         lines = split_lines(self.text)

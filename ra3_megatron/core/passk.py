@@ -31,6 +31,7 @@ def _check(n: int, c: int, k: int) -> None:
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k of one problem with n samples, c of them correct (ValueError if k > n)."""
     _check(n, c, k)
+    n, c, k = int(n), int(c), int(k)
     if n - c < k:  # every k-subset holds a correct sample
         return 1.0
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
@@ -42,4 +43,4 @@ def estimate_pass_at_k(
     """pass@k per problem, shape (P,); `num_samples` is one n for all problems or one per problem."""
     correct = np.asarray(num_correct).reshape(-1)
     samples = np.broadcast_to(np.asarray(num_samples), correct.shape)
-    return np.array([pass_at_k(int(n), int(c), k) for n, c in zip(samples, correct)], dtype=np.float64)
+    return np.array([pass_at_k(n.item(), c.item(), k) for n, c in zip(samples, correct)], dtype=np.float64)

@@ -97,8 +97,9 @@ def group_advantages(
     """Group-relative advantages over the last axis: rewards (..., G) -> advantages (..., G).
 
     rloo: A_i = r_i - mean_{j != i} r_j (leave-one-out baseline; 0 for a group of one).
-    grpo: A_i = (r_i - mean r) / (std r + eps) with the population std (ddof=0), so a group of
-          one or a group of equal rewards gives 0. (verl's GRPO uses the sample std, ddof=1.)
+    grpo: A_i = (r_i - mean r) / (std r + eps) with the population std (ddof=0).
+          (verl's GRPO uses the sample std, ddof=1.)
+    A group of one or of equal rewards gives exactly 0 with either method.
     """
     r = np.asarray(rewards, dtype=np.float64)
     if r.ndim == 0 or r.shape[-1] == 0:
@@ -106,11 +107,13 @@ def group_advantages(
     if not np.all(np.isfinite(r)):
         raise ValueError("rewards must be finite")
     g = r.shape[-1]
-    mean = r.mean(axis=-1, keepdims=True)
+    centered = r - r.mean(axis=-1, keepdims=True)
     if method == "rloo":
-        if g == 1:
-            return np.zeros_like(r)
-        return (r - mean) * (g / (g - 1))  # r_i - (sum - r_i)/(G-1), rearranged
-    if method == "grpo":
-        return (r - mean) / (r.std(axis=-1, keepdims=True) + eps)
-    raise ValueError(f"method must be 'rloo' or 'grpo', got {method!r}")
+        adv = centered * (g / (g - 1)) if g > 1 else np.zeros_like(r)  # r_i - (sum - r_i)/(G-1)
+    elif method == "grpo":
+        adv = centered / (r.std(axis=-1, keepdims=True) + eps)
+    else:
+        raise ValueError(f"method must be 'rloo' or 'grpo', got {method!r}")
+    # a group of equal rewards carries no signal: exactly 0, not rounding noise / eps
+    same = r.max(axis=-1, keepdims=True) == r.min(axis=-1, keepdims=True)
+    return np.where(same, 0.0, adv)
