@@ -1,0 +1,107 @@
+"""Process groups for Megatron-Core: torch.distributed + parallel_state + the model-parallel seed.
+
+Under torchrun the rank/world come from the environment; a plain single process works too
+(MASTER_ADDR/PORT, RANK, WORLD_SIZE default to a one-rank group). On CPU the backend is gloo and the
+CPU shims are applied first; on a GPU it is nccl and each process takes its LOCAL_RANK device.
+
+    cfg = ParallelConfig(tp=2, pp=1)
+    init_distributed(cfg)          # torchrun --nproc-per-node 2 ...
+    ...
+    destroy_distributed()
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from ra3_megatron.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class ParallelConfig:
+    tp: int = 1  # tensor parallel
+    pp: int = 1  # pipeline parallel
+    vpp: int | None = None  # virtual pipeline stages per pipeline rank (interleaved 1F1B)
+    cp: int = 1  # context parallel
+    ep: int = 1  # expert parallel
+    seed: int = 1234
+    timeout_minutes: int = 30
+
+    def validate(self, world_size: int) -> None:
+        for name in ("tp", "pp", "cp", "ep"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"parallel.{name} must be >= 1, got {getattr(self, name)}")
+        model_parallel = self.tp * self.pp * self.cp
+        if world_size % model_parallel:
+            raise ConfigError(
+                f"world size {world_size} is not divisible by tp*pp*cp = {self.tp}*{self.pp}*{self.cp}"
+            )
+        if self.vpp is not None and (self.vpp < 1 or self.pp < 2):
+            raise ConfigError(f"parallel.vpp={self.vpp} needs pp >= 2 and vpp >= 1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(cfg: ParallelConfig) -> None:
+    """Initialise torch.distributed (if needed), Megatron's parallel_state and its RNG tracker."""
+    import torch
+    import torch.distributed as dist
+
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        from ra3_megatron.megatron.cpu_shims import apply_cpu_shims
+
+        apply_cpu_shims()
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+        if on_gpu:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        import datetime
+
+        dist.init_process_group(
+            backend="nccl" if on_gpu else "gloo",
+            timeout=datetime.timedelta(minutes=cfg.timeout_minutes),
+        )
+    cfg.validate(dist.get_world_size())
+
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=cfg.tp,
+        pipeline_model_parallel_size=cfg.pp,
+        virtual_pipeline_model_parallel_size=cfg.vpp,
+        context_parallel_size=cfg.cp,
+        expert_model_parallel_size=cfg.ep,
+        distributed_timeout_minutes=cfg.timeout_minutes,
+    )
+    model_parallel_cuda_manual_seed(cfg.seed)
+
+
+def destroy_distributed() -> None:
+    """Tear down parallel_state and the default process group (safe to call twice)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
