@@ -1,0 +1,170 @@
+"""`ra3 rlvr`: GRPO post-training with unit-test rewards (RLVR); rollouts in vLLM, the policy in Megatron.
+
+    ra3 rlvr --model HF_DIR --output runs/grpo [--problems mbpp-train | problems.jsonl | planted]
+             [--heldout mbpp-validation | FILE | none] [--backend vllm|hf|fake]
+             [--trainer auto|megatron|torch] [--steps 100 --samples 8 --lr 1e-6 --kl-coef 0.01 ...]
+
+Every GRPOConfig field is a flag (`--prompts-per-step 16`, `--advantage rloo`). Writes
+OUTPUT/metrics.jsonl, OUTPUT/tensorboard, OUTPUT/report.md with curves.png, and the policy after
+the last step in OUTPUT/policy/step_K (an HF checkpoint). Rerun the same command to resume.
+The problem file format: `ra3_megatron/rlvr/problems.py`. MBPP is read from --mbpp-dir, else
+env RA3_MBPP_DIR, else ../shared/data/mbpp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+from ra3_megatron.errors import ConfigError
+from ra3_megatron.rlvr.config import GRPOConfig
+
+
+def _field_type(f: dataclasses.Field):
+    ann = f.type if not isinstance(f.type, str) else eval(f.type, {**vars(typing)}, {})
+    if typing.get_origin(ann) is typing.Literal:
+        return str, typing.get_args(ann)
+    return ann, None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("GRPO")
+    for f in dataclasses.fields(GRPOConfig):
+        flag = "--" + f.name.replace("_", "-")
+        typ, choices = _field_type(f)
+        if typ is bool:
+            group.add_argument(flag, dest=f"grpo_{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default: {f.default})")
+        else:
+            group.add_argument(flag, dest=f"grpo_{f.name}", type=typ, choices=choices, default=None,
+                               help=f"(default: {f.default})")
+
+
+def config_from_args(args: argparse.Namespace) -> GRPOConfig:
+    values = {f.name: getattr(args, f"grpo_{f.name}") for f in dataclasses.fields(GRPOConfig)
+              if getattr(args, f"grpo_{f.name}", None) is not None}
+    return GRPOConfig(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="HF checkpoint dir of the initial policy")
+    parser.add_argument("--output", required=True, help="run dir (resumed when it holds a run)")
+    parser.add_argument("--problems", default="mbpp-train",
+                        help="mbpp-train | mbpp-validation | mbpp-test | planted | a problem jsonl (default: mbpp-train)")
+    parser.add_argument("--heldout", default="mbpp-validation",
+                        help="held-out problems for greedy pass@1, same choices, or none (default: mbpp-validation)")
+    parser.add_argument("--mbpp-dir", default=None, help="MBPP directory (default: env RA3_MBPP_DIR, ../shared/data/mbpp)")
+    parser.add_argument("--mbpp-prompt", choices=("3shot", "evalplus"), default="3shot")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N training problems")
+    parser.add_argument("--backend", choices=("vllm", "hf", "fake"), default="vllm", help="rollout engine (default: vllm)")
+    parser.add_argument("--trainer", choices=("auto", "megatron", "torch"), default="auto",
+                        help="policy trainer: megatron (MegatronEngine) or torch (transformers); auto: megatron, "
+                             "torch with --backend fake")
+    parser.add_argument("--sandbox-mode", choices=("auto", "bwrap", "weak"), default="auto")
+    parser.add_argument("--sandbox-workers", type=int, default=None, help="parallel sandboxes (default: CPU count)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in this process")
+    parser.add_argument("--enforce-eager", action="store_true", help="vLLM: no CUDA graphs / torch.compile")
+    parser.add_argument("--no-progress", action="store_true")
+    add_config_arguments(parser)
+
+
+def make_engine(backend: str, model_dir: str, threads: int | None = None, eager: bool = False):
+    from ra3_megatron.rollout.base import create_engine
+
+    if backend == "fake":
+        return create_engine("fake", tokenizer=str(model_dir))
+    if backend == "hf":
+        return create_engine("hf", model=str(model_dir), threads=threads)
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    # the model's own context, not vLLM's default (which a small model's config may not allow)
+    context = int(config.get("max_position_embeddings") or 4096)
+    return create_engine("vllm", model=str(model_dir), max_model_len=context, threads=threads, enforce_eager=eager)
+
+
+def make_trainer(kind: str, model_dir: str, cfg: GRPOConfig, threads: int | None = None):
+    """The E-step's PolicyTrainer implementations, configured for GRPO."""
+    if kind == "torch":
+        from ra3_megatron.estep.torch_trainer import TorchPolicyTrainer
+
+        return TorchPolicyTrainer(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
+                                  micro_batch=cfg.micro_batch, rows_per_update=cfg.rows_per_update or None,
+                                  seed=cfg.seed, threads=threads)
+    from ra3_megatron.estep.megatron_trainer import MegatronPolicyTrainer
+
+    mbs = cfg.micro_batch
+    rows = cfg.rows_per_update or cfg.prompts_per_step * cfg.samples
+    rows = -(-rows // mbs) * mbs  # a whole number of micro-batches
+    return MegatronPolicyTrainer.from_hf(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
+                                         micro_batch=mbs, rows_per_update=rows,
+                                         seq_length=-(-cfg.max_seq_tokens // 16) * 16, seed=cfg.seed)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_resume(out: Path, body: dict) -> None:
+    """Refuse to resume a run dir written with another configuration (more --steps may extend a run)."""
+    path = out / "config.json"
+    body = json.loads(json.dumps(body))
+    body["grpo"].pop("steps", None)
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != body:
+            flat_old, flat_new = _flatten(old), _flatten(body)
+            changed = sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
+            raise ConfigError(f"{out} holds an RLVR run with another configuration ({', '.join(changed)} differ); "
+                              "use a new --output or the same options")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ra3_megatron.eval.sandbox import SandboxConfig
+    from ra3_megatron.rlvr.grpo import resume_point, run_grpo
+    from ra3_megatron.rlvr.problems import load_tasks
+    from ra3_megatron.rlvr.verify import Verifier
+
+    cfg = config_from_args(args)
+    kind = args.trainer if args.trainer != "auto" else ("torch" if args.backend == "fake" else "megatron")
+    problems = load_tasks(args.problems, mbpp_dir=args.mbpp_dir, mbpp_prompt=args.mbpp_prompt)[: args.limit]
+    heldout = [] if args.heldout == "none" else load_tasks(args.heldout, mbpp_dir=args.mbpp_dir,
+                                                          mbpp_prompt=args.mbpp_prompt)
+    out = Path(args.output)
+    _check_resume(out, {"grpo": cfg.to_dict(), "model": str(args.model), "problems": args.problems,
+                        "heldout": args.heldout, "limit": args.limit, "backend": args.backend, "trainer": kind})
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    done, weights = resume_point(out, args.model)
+    if done >= cfg.steps:
+        print(f"rlvr: {out} already finished {done} steps; report: {out / 'report.md'}")
+        return 0
+    if done:
+        print(f"rlvr: resuming {out} after step {done} from {weights}")
+    trainer = make_trainer(kind, weights, cfg, args.threads)
+    engine = make_engine(args.backend, weights, args.threads, args.enforce_eager)
+    reference = make_engine(args.backend, args.model, args.threads, args.enforce_eager) if cfg.kl_coef else None
+    with Verifier(SandboxConfig(mode=args.sandbox_mode), workers=args.sandbox_workers) as verifier:
+        summary = run_grpo(cfg, problems=problems, heldout=heldout, engine=engine, trainer=trainer,
+                           verifier=verifier, run_dir=out, model_dir=args.model, reference=reference,
+                           progress=not args.no_progress)
+    for e in {id(e): e for e in (engine, reference) if e is not None}.values():
+        e.close()
+    held = (f"; held-out pass@1 {summary['heldout_first']:.3f} -> {summary['heldout_last']:.3f}"
+            if summary["heldout_pass1"] else "")
+    print(f"rlvr: {summary['steps']} steps; mean reward {summary['reward_first']:.3f} (first 5) -> "
+          f"{summary['reward_last']:.3f} (last 5){held}")
+    print(f"  report: {out / 'report.md'}")
+    return 0
