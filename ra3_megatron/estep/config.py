@@ -1,0 +1,77 @@
+"""The E-step's configuration: one keyword-only dataclass, every (ours) choice a field.
+
+    from ra3_megatron.estep.config import EStepConfig
+    cfg = EStepConfig(penalty=0.05, samples=4, horizon=4)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from ra3_megatron.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class EStepConfig:
+    # --- search (per snippet, left to right) ---
+    penalty: float = 0.05  # c: a thought must raise the horizon's per-token log-lik by more than c
+    samples: int = 4  # G: decisions (and thoughts) sampled from q per position (ours)
+    horizon: int = 4  # tau: lines scored after the position (ours)
+    max_latent_tokens: int = 32  # a sample without a newline within this many tokens fails (ours)
+    # q writes a thought after "\n{indent}#"; True adds the space of the spec's "{indent}# " prompt.
+    # Off by default: byte-level BPE merges that space into the next word (" word"), so a prompt
+    # ending in a lone space asks for a tokenization the model never saw in training. (ours)
+    prompt_space: bool = False
+    temperature: float = 1.0
+    gain_norm: Literal["mean", "sum"] = "mean"  # per horizon token (ours) or summed
+    position_fraction: float = 1.0  # share of candidate positions visited (random, seeded)
+    python: bool = True  # only lines where a comment keeps the Python program unchanged
+    # "sample": q first samples the decision token ("#" vs code) G times and only the think
+    # decisions are rolled out (the paper's <think>/<act> as the policy's first token; rollouts
+    # happen only for thoughts). "force": G thoughts at every position (every position is a
+    # full rollout). (ours)
+    decision: Literal["sample", "force"] = "sample"
+    think_floor: float = 0.0  # lower bound on q's think probability when sampling decisions (ours)
+    probe: bool = True  # read all decisions of a snippet from one pass (until a thought is inserted)
+    advantage: Literal["rloo", "grpo"] = "rloo"
+    # --- RL on q ---
+    rl_steps: int = 2
+    rl_snippets: int = 8  # snippets searched per RL step (their groups are the step's batch)
+    lr: float = 1e-5
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0
+    micro_batch: int = 16  # RL examples per forward/backward
+    end_token_in_loss: bool = True  # a thought's loss also covers the newline token that ends it
+    max_rl_tokens: int = 2048  # RL examples longer than this lose the start of their prefix
+    # --- plumbing ---
+    batch_snippets: int = 16  # snippets searched in lockstep: one engine call serves all of them
+    max_snippet_tokens: int = 1024  # documents are chunked to this budget (`chunk_snippets`)
+    shard_size: int = 1000  # records per output shard
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.penalty) or self.penalty < 0:
+            raise ConfigError(f"penalty c must be a finite number >= 0, got {self.penalty}")
+        for name in ("samples", "horizon", "max_latent_tokens", "batch_snippets", "shard_size",
+                     "micro_batch", "max_snippet_tokens", "max_rl_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rl_steps", "rl_snippets"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.position_fraction <= 1.0:
+            raise ConfigError(f"position_fraction must be in (0, 1], got {self.position_fraction}")
+        if not 0.0 <= self.think_floor <= 1.0:
+            raise ConfigError(f"think_floor must be in [0, 1], got {self.think_floor}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        choices = {"gain_norm": ("mean", "sum"), "decision": ("sample", "force"),
+                   "advantage": ("rloo", "grpo")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

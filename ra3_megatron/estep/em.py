@@ -1,0 +1,193 @@
+"""The EM driver: `iterations` rounds of E-step -> prepare -> M-step in one run directory.
+
+    RUN/state.json                   {"completed": ["iter_1/estep", ...], "models": {...}, "config": ...}
+    RUN/iter_k/estep/                E-step output (shards + manifest + stats.json + report.md)
+    RUN/iter_k/data/                 `ra3 prepare` output (the Megatron indexed dataset)
+    RUN/iter_k/mstep/                M-step run dir; its HF export is iteration k's model
+    RUN/iter_k/report.md             a short report of the round
+    RUN/metrics/em.jsonl             one line per finished round
+    RUN/report.md                    the run-level report
+
+Phases run in order and are marked done in state.json (written atomically) when they finish;
+a rerun skips the finished ones and restarts at the one where it stopped: the E-step resumes from
+its completed shards, prepare and the M-step restart in a clean directory. pi of round k is the
+model of round k-1 (the input model for k = 1); the M-step starts from it (`init="previous"`) or
+from the input model (`init="base"`).
+
+The prepare and M-step phases are pluggable (`estep.em_phases`): the default runs `ra3 prepare`
+in-process and `ra3 mstep` as a subprocess (torchrun when nproc > 1); tests and dry runs pass
+any `module:function` with the same signature.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ra3_megatron.errors import ConfigError
+from ra3_megatron.estep.config import EStepConfig
+from ra3_megatron.estep.em_phases import resolve_phase, summary_table
+from ra3_megatron.estep.run import EStepRun, run_estep
+from ra3_megatron.estep.stats import atomic_write_text
+
+PHASES = ("estep", "data", "mstep", "report")
+
+
+@dataclass(kw_only=True)
+class EMConfig:
+    model: str
+    input: str
+    run_dir: str
+    iterations: int = 2
+    init: str = "previous"  # M-step initialisation: "previous" round's model or the "base" model
+    prepare: str = "ra3"  # "ra3" or "module:function" (see estep.em_phases)
+    mstep: str = "ra3"  # "ra3", "inprocess" or "module:function"
+    prepare_args: list[str] = field(default_factory=list)
+    mstep_args: list[str] = field(default_factory=list)
+    nproc: int = 1  # M-step ranks (torchrun when > 1)
+    estep: EStepConfig = field(default_factory=EStepConfig)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
+        if self.init not in ("previous", "base"):
+            raise ConfigError(f"init must be 'previous' or 'base', got {self.init!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change when a run resumes (iterations may grow)."""
+        return {"model": self.model, "input": self.input, "init": self.init, "estep": self.estep.to_dict(),
+                "prepare_args": self.prepare_args, "mstep_args": self.mstep_args}
+
+
+class EMState:
+    def __init__(self, run_dir: Path, identity: dict[str, Any]):
+        self.path = run_dir / "state.json"
+        if self.path.is_file():
+            self.body = json.loads(self.path.read_text(encoding="utf-8"))
+            old = self.body.get("config", {})
+            new = json.loads(json.dumps(identity))
+            if old != new:
+                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise ConfigError(f"{run_dir} holds an EM run with another configuration "
+                                  f"({', '.join(changed)} differ); use a new --run-dir or the same options")
+        else:
+            self.body = {"version": 1, "config": identity, "completed": [], "models": {}, "data": {},
+                         "seconds": {}}
+            self.save()
+
+    def done(self, phase: str) -> bool:
+        return phase in self.body["completed"]
+
+    def mark(self, phase: str, seconds: float, **updates: Any) -> None:
+        self.body["completed"].append(phase)
+        self.body["seconds"][phase] = round(seconds, 3)
+        for key, value in updates.items():
+            self.body[key].update(value)
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.body, indent=1) + "\n")
+
+
+def run_em(
+    cfg: EMConfig,
+    *,
+    make_engine: Callable[[str], Any],
+    make_trainer: Callable[[str], Any] | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run or resume the EM loop; returns the final state (completed phases, models per round)."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = EMState(run_dir, cfg.identity())
+    prepare = resolve_phase("prepare", cfg.prepare)
+    mstep = resolve_phase("mstep", cfg.mstep)
+    (run_dir / "metrics").mkdir(exist_ok=True)
+    for k in range(1, cfg.iterations + 1):
+        it = run_dir / f"iter_{k}"
+        pi = cfg.model if k == 1 else state.body["models"][f"iter_{k - 1}"]
+        for phase in PHASES:
+            name = f"iter_{k}/{phase}"
+            if state.done(name):
+                continue
+            log(f"[em] {name} ...")
+            t0 = time.perf_counter()
+            updates: dict[str, Any] = {}
+            if phase == "estep":
+                trainer = (lambda pi=pi: make_trainer(pi)) if make_trainer is not None else None
+                run_estep(EStepRun(model=pi, input=cfg.input, output=str(it / "estep"), iteration=k,
+                                   progress=progress), cfg.estep, make_engine=make_engine, make_trainer=trainer)
+            elif phase == "data":
+                shutil.rmtree(it / "data", ignore_errors=True)
+                prefix = prepare(estep_dir=it / "estep", out_dir=it / "data", model=pi, args=cfg.prepare_args)
+                updates = {"data": {f"iter_{k}": str(prefix)}}
+            elif phase == "mstep":
+                shutil.rmtree(it / "mstep", ignore_errors=True)
+                init = pi if cfg.init == "previous" else cfg.model
+                hf_dir = mstep(data=state.body["data"][f"iter_{k}"], model=init, out_dir=it / "mstep",
+                               nproc=cfg.nproc, args=cfg.mstep_args, iteration=k)
+                updates = {"models": {f"iter_{k}": str(hf_dir)}}
+            else:
+                _write_reports(run_dir, state, k)
+            state.mark(name, time.perf_counter() - t0, **updates)
+            log(f"[em] {name} done in {time.perf_counter() - t0:.1f} s")
+    _write_run_report(run_dir, state, cfg)
+    return state.body
+
+
+def _estep_summary(it: Path) -> dict[str, Any]:
+    stats = json.loads((it / "estep" / "stats.json").read_text(encoding="utf-8"))
+    return stats
+
+
+def _mstep_metrics(it: Path) -> dict[str, Any]:
+    """The M-step's last metrics record, whatever runner wrote it (metrics.jsonl lines), else {}."""
+    for path in sorted((it / "mstep").rglob("metrics*.jsonl")):
+        lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if lines:
+            return lines[-1]
+    return {}
+
+
+def _write_reports(run_dir: Path, state: EMState, k: int) -> None:
+    it = run_dir / f"iter_{k}"
+    estep = _estep_summary(it)
+    mstep = _mstep_metrics(it)
+    summary = estep["infusion"]["summary"]
+    record = {"iteration": k, **{f"estep_{key}": v for key, v in summary.items()},
+              "records": estep["infusion"].get("records"),
+              **{f"mstep_{key}": v for key, v in mstep.items() if isinstance(v, int | float)},
+              "model": state.body["models"].get(f"iter_{k}")}
+    lines = [f"# EM round {k}", "", f"model: {record['model']}", "", "## E-step", ""]
+    lines += [f"- {key}: {v:.4g}" for key, v in summary.items()]
+    rl = estep.get("rl", [])
+    if rl:
+        lines += ["", "RL reward per step: " + ", ".join(f"{s.get('reward', 0):.4g}" for s in rl)]
+    lines += ["", "## M-step", ""]
+    lines += [f"- {key}: {v:.4g}" if isinstance(v, float) else f"- {key}: {v}" for key, v in mstep.items()] or ["(no metrics)"]
+    atomic_write_text(it / "report.md", "\n".join(lines) + "\n")
+    metrics = run_dir / "metrics" / "em.jsonl"
+    kept = [x for x in (metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else [])
+            if x.strip() and json.loads(x).get("iteration") != k]
+    atomic_write_text(metrics, "\n".join([*kept, json.dumps(record)]) + "\n")
+
+
+def _write_run_report(run_dir: Path, state: EMState, cfg: EMConfig) -> None:
+    metrics = run_dir / "metrics" / "em.jsonl"
+    rows = [json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()] if metrics.is_file() else []
+    lines = ["# RA3 EM run", "", f"input: {cfg.input}", f"base model: {cfg.model}",
+             f"iterations: {cfg.iterations} (c = {cfg.estep.penalty}, G = {cfg.estep.samples}, "
+             f"tau = {cfg.estep.horizon}, RL steps = {cfg.estep.rl_steps})", ""]
+    lines += summary_table(rows)
+    lines += ["", "Phase times (s): " + ", ".join(f"{k} {v}" for k, v in state.body["seconds"].items())]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def em_config_dict(cfg: EMConfig) -> dict[str, Any]:
+    return asdict(cfg)

@@ -1,0 +1,145 @@
+"""The E-step's RL trainer on Megatron-Core: the M-step's `MegatronEngine` with a second loss.
+
+RL on q is not a second trainer: the same engine the M-step trains with the latent-aware CE is
+stepped with `policy_gradient_loss_factory` (PPO clipped surrogate + optional k3 KL, from
+`core.losses.policy_gradient_loss`), its log-probs come from `engine.forward_logprobs`, and the
+new weights leave through `engine.save_hf` for the rollout engine.
+
+One RL batch is split into optimizer steps of `rows_per_update` rows (the engine's global batch);
+the last one is padded with copies of a row whose loss mask is zero, which add no loss and no
+tokens. Runs on one rank (`ra3 estep --trainer megatron`); when the E-step workers are the ranks of a torchrun
+job, worker 0 trains q in a process group of its own (the other workers only infuse).
+
+    trainer = MegatronPolicyTrainer.from_hf(model_dir, lr=1e-5, micro_batch=4, rows_per_update=16)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from ra3_megatron.errors import ConfigError
+
+
+@contextlib.contextmanager
+def _own_process_group():
+    """A one-rank process group even when the E-step runs as one worker of a torchrun job: worker
+    0 trains q alone, so it must not wait for the other workers in init_process_group."""
+    import torch.distributed as dist
+
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    saved = {k: os.environ.get(k) for k in keys}
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class MegatronPolicyTrainer:
+    def __init__(self, engine, *, clip_eps: float = 0.2, kl_coef: float = 0.0, tokenizer_dir: str | Path | None = None):
+        self.engine = engine
+        self.clip_eps, self.kl_coef = clip_eps, kl_coef
+        self.tokenizer_dir = tokenizer_dir
+        self.rows_per_update = engine.cfg.global_batch_size
+        self.steps = 0
+
+    @classmethod
+    def from_hf(
+        cls,
+        model_dir: str | Path,
+        *,
+        lr: float = 1e-5,
+        clip_eps: float = 0.2,
+        kl_coef: float = 0.0,
+        micro_batch: int = 4,
+        rows_per_update: int = 16,
+        seq_length: int = 2048,
+        tp: int = 1,
+        pp: int = 1,
+        seed: int = 1234,
+    ) -> MegatronPolicyTrainer:
+        from ra3_megatron.megatron.engine import EngineConfig, MegatronEngine
+        from ra3_megatron.megatron.optim import OptimConfig
+        from ra3_megatron.megatron.parallel import ParallelConfig, init_distributed
+
+        if rows_per_update % micro_batch:
+            raise ConfigError(f"rows_per_update {rows_per_update} must be a multiple of micro_batch {micro_batch}")
+        with _own_process_group():
+            init_distributed(ParallelConfig(tp=tp, pp=pp, seed=seed))
+        optim = OptimConfig(lr=lr, min_lr=lr, lr_decay_style="constant", weight_decay=0.0, clip_grad=1.0)
+        engine = MegatronEngine.from_hf(
+            model_dir,
+            EngineConfig(micro_batch_size=micro_batch, global_batch_size=rows_per_update, seq_length=seq_length,
+                         optim=optim),
+        )
+        return cls(engine, clip_eps=clip_eps, kl_coef=kl_coef, tokenizer_dir=model_dir)
+
+    def logprobs(self, batch: dict[str, Any]):
+        """Per update-sized slice of rows, each cut after its last loss position (no padding work)."""
+        import torch
+
+        from ra3_megatron.estep.rl import trim
+
+        out = torch.zeros(batch["loss_mask"].shape, dtype=torch.float32)
+        rows = int(out.shape[0])
+        for start in range(0, rows, self.rows_per_update):
+            part = trim({k: v[start : start + self.rows_per_update] for k, v in batch.items() if torch.is_tensor(v)})
+            lp = self.engine.forward_logprobs(part).float().cpu()
+            out[start : start + lp.shape[0], : lp.shape[1]] = lp
+        return out
+
+    def _updates(self, batch: dict[str, Any]):
+        import torch
+
+        from ra3_megatron.estep.rl import trim
+
+        rows = int(batch["tokens"].shape[0])
+        keys = [k for k, v in batch.items() if torch.is_tensor(v)]
+        n = self.rows_per_update
+        mbs = self.engine.cfg.micro_batch_size
+        for start in range(0, rows, n):
+            part = {k: batch[k][start : start + n] for k in keys}
+            pad = n - int(part["tokens"].shape[0])
+            if pad:
+                filler = {k: v[:1].expand(pad, *v.shape[1:]) for k, v in part.items()}
+                filler["loss_mask"] = torch.zeros_like(filler["loss_mask"])
+                part = {k: torch.cat([part[k], filler[k]]) for k in keys}
+            part = trim(part)
+            yield [{k: v[i : i + mbs].contiguous() for k, v in part.items()} for i in range(0, n, mbs)]
+
+    def step(self, batch: dict[str, Any]) -> dict[str, float]:
+        from ra3_megatron.megatron.forward_step import policy_gradient_loss_factory
+
+        loss = policy_gradient_loss_factory(clip_eps=self.clip_eps, kl_coef=self.kl_coef)
+        sums: dict[str, list[float]] = {}
+        grad_norms = []
+        for micro in self._updates(batch):
+            result = self.engine.train_step(iter(micro), loss)
+            grad_norms.append(result.grad_norm)
+            for k, (s, c) in result.stats.items():
+                acc = sums.setdefault(k, [0.0, 0.0])
+                acc[0] += s
+                acc[1] += c
+        self.steps += 1
+        metrics = {k.replace(" ", "_"): (s / c if c else float("nan")) for k, (s, c) in sums.items()}
+        pg = sums.get("pg loss", [0.0, 0.0])
+        metrics["loss"] = pg[0] / pg[1] if pg[1] else 0.0
+        metrics["tokens"] = int(pg[1])
+        metrics["grad_norm"] = max(grad_norms) if grad_norms else 0.0
+        metrics["optimizer_steps"] = len(grad_norms)
+        return metrics
+
+    def export_weights(self, out_dir: str | Path) -> None:
+        self.engine.save_hf(out_dir, tokenizer_dir=self.tokenizer_dir)

@@ -1,0 +1,231 @@
+"""The E-step search over one snippet: left to right over candidate positions, thoughts persist.
+
+At each candidate position (a non-blank line after the first where a comment is safe, or a
+seeded random `position_fraction` of them):
+1. decision: q's probability of the think marker "#" after the newline and indentation; G
+   Bernoulli draws decide how many thoughts to roll out (`decision="force"`: all G);
+2. rollout: the thoughts are sampled from q after "{prefix}\\n{indent}#" (temperature, stop at a
+   newline, at most `max_latent_tokens`); empty, over-long or multi-line samples fail (reward -c);
+3. scoring under the fixed pi: l(z) = log pi(next tau pieces | prefix, z) for `<act>` and each
+   distinct thought; gain = l(z) - l(act) (per horizon token, or summed); r = gain - c;
+4. the best option is kept (`<act>` wins ties) and becomes part of the prefix.
+Each position with a rollout becomes an RL group {act, z_1..z_k} with group-relative
+advantages: the training examples of `estep.rl`.
+
+The search is a generator: it yields engine requests (`ScoreRequest`, `SampleRequest`) and
+receives their answers, so `estep.batch` can serve many snippets with one engine call.
+`search_snippet` drives a single one. Randomness (positions, decisions) comes from a generator
+seeded by (seed, snippet id, phase), so a snippet's search does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ra3_megatron.core.latent import InfusedSnippet, Thought, safe_candidate_lines, validate_thought_text
+from ra3_megatron.core.rewards import choose_option, gain, group_advantages, option_rewards
+from ra3_megatron.estep.config import EStepConfig
+from ra3_megatron.estep.pieces import Codec, cut_pieces, think_marker, thought_middle
+from ra3_megatron.estep.stats import SearchStats
+from ra3_megatron.rollout.base import Completion, ScoreGroup, ScoreOption
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    engine: Literal["q", "pi"]  # q: the sampler being trained; pi: the fixed scorer
+    group: ScoreGroup
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """log q(tokens[i] | ids[:positions[i]]) for each i: the decisions of many lines in one pass."""
+
+    ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    prompt: tuple[int, ...]
+    n: int
+
+
+@dataclass
+class Option:
+    """One member of a group: `ids` follow the group's prefix; the loss covers ids[loss_start:]."""
+
+    kind: Literal["act", "think"]
+    ids: tuple[int, ...]
+    loss_start: int
+    reward: float
+    gain: float | None = None
+    text: str | None = None
+    advantage: float = 0.0
+
+
+@dataclass
+class PositionGroup:
+    line: int
+    prefix: tuple[int, ...]
+    options: list[Option]
+    chosen: int
+
+
+@dataclass
+class SearchResult:
+    infused: InfusedSnippet
+    groups: list[PositionGroup] = field(default_factory=list)
+    stats: SearchStats = field(default_factory=SearchStats)
+
+
+def snippet_rng(seed: int, snippet_id: str, phase: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}\x00{phase}\x00{snippet_id}".encode()).digest()
+    return np.random.default_rng(list(np.frombuffer(digest[:16], dtype=np.uint32)))
+
+
+def _thought_text(c: Completion, max_tokens: int) -> str | None:
+    text = c.text.split("\n", 1)[0] if "\n" in c.text else c.text
+    if "\n" not in c.text and (c.finish_reason == "length" or len(c.token_ids) > max_tokens):
+        return None  # no newline within the budget: an over-long thought
+    return validate_thought_text(text)
+
+
+SearchGen = Generator[ScoreRequest | SampleRequest | ProbeRequest, object, SearchResult]
+
+
+def _probe_request(prefix, pieces, piece_ids, markers, k, chosen_lines):
+    """Decision probes for the candidate positions >= k over prefix + the remaining pieces.
+
+    Only positions whose piece starts with the same tokens as its think marker up to the
+    decision token, and whose "#" is one token, can be read from the shared sequence; the others
+    are left to a per-position ScoreRequest.
+    """
+    ids = list(prefix)
+    positions, tokens, lines = [], [], []
+    for j in range(k, len(pieces)):
+        if pieces[j].line in chosen_lines:
+            marker, d_marker = markers[j]
+            if len(marker) - d_marker == 1 and tuple(piece_ids[j][:d_marker]) == tuple(marker[:d_marker]):
+                positions.append(len(ids) + d_marker)
+                tokens.append(marker[d_marker])
+                lines.append(pieces[j].line)
+        ids.extend(piece_ids[j])
+    return ProbeRequest(tuple(ids), tuple(positions), tuple(tokens)), lines
+
+
+def search_steps(
+    snippet_id: str, text: str, codec: Codec, cfg: EStepConfig, *, phase: str = "infuse",
+    keep_groups: bool = True,
+) -> SearchGen:
+    """The search of one snippet as a generator of engine requests (see the module docstring)."""
+    pieces = cut_pieces(text)
+    rng = snippet_rng(cfg.seed, snippet_id, phase)
+    candidates = list(safe_candidate_lines(text, python=cfg.python))
+    if cfg.position_fraction < 1.0:
+        candidates = [line for line in candidates if rng.random() < cfg.position_fraction]
+    chosen_lines = set(candidates)
+    stats = SearchStats(snippets=1, lines=len(pieces) if text.strip() else 0)
+    piece_ids = [codec.encode(p.text) for p in pieces]
+    prefix: list[int] = list(piece_ids[0])
+    thoughts: list[Thought] = []
+    groups: list[PositionGroup] = []
+    markers: dict[int, tuple[tuple[int, ...], int]] = {}
+    for k in range(1, len(pieces)):
+        if pieces[k].line in chosen_lines:
+            marker = codec.encode(think_marker(pieces[k]))
+            markers[k] = (marker, codec.decision_index(marker))
+    probed: dict[int, float] = {}  # line -> log q("#"), valid while the prefix has no new thought
+    for k in range(1, len(pieces)):
+        piece = pieces[k]
+        if piece.line in chosen_lines:
+            stats.positions += 1
+            target = tuple(i for ids in piece_ids[k : k + cfg.horizon] for i in ids)
+            marker, d_marker = markers[k]
+            n_think = cfg.samples
+            if cfg.decision == "sample":
+                if piece.line not in probed and cfg.probe:
+                    request, lines = _probe_request(prefix, pieces, piece_ids, markers, k, chosen_lines)
+                    if lines:
+                        probed.update(zip(lines, (yield request)))
+                if piece.line in probed:
+                    lp_think = probed[piece.line]
+                else:
+                    context = (*prefix, *marker[:d_marker])
+                    lp = yield ScoreRequest("q", ScoreGroup(context, (ScoreOption((), marker[d_marker:]),)))
+                    lp_think = float(sum(lp[0][0]))
+                p_think = max(math.exp(min(0.0, lp_think)), cfg.think_floor)
+                stats.think_prob_sum += p_think
+                n_think = int(rng.binomial(cfg.samples, p_think))
+            if n_think:
+                group = yield from _rollout(
+                    tuple(prefix), piece, piece_ids[k], target, marker, d_marker, n_think, codec, cfg, stats
+                )
+                if keep_groups:
+                    groups.append(group)
+                best = group.options[group.chosen]
+                if best.kind == "think":
+                    probed.clear()  # later decisions now see the thought in their prefix
+                    thoughts.append(Thought(line=piece.line, text=best.text, gain=best.gain))
+                    middle = codec.encode(thought_middle(best.text, piece))
+                    prefix.extend(middle)
+                    stats.add_chosen(best, len(middle) - d_marker)  # "# text": the marker and the text
+        prefix.extend(piece_ids[k])
+    infused = InfusedSnippet(id=snippet_id, text=text, thoughts=tuple(thoughts))
+    return SearchResult(infused=infused, groups=groups, stats=stats)
+
+
+def _rollout(prefix, piece, piece_ids, target, marker, d_marker, n_think, codec, cfg, stats):
+    """Sample n_think thoughts, score them and `<act>` under pi, and build the position's group."""
+    stats.rollouts += 1
+    prompt = (*marker, *codec.encode(" ")) if cfg.prompt_space else marker
+    completions = yield SampleRequest((*prefix, *prompt), n_think)
+    d_act = codec.decision_index(piece_ids)
+    act = Option(kind="act", ids=tuple(piece_ids[: d_act + 1]), loss_start=min(d_act, len(piece_ids) - 1),
+                 reward=0.0)
+    end = tuple(piece_ids[:1]) if cfg.end_token_in_loss else ()
+    options: list[Option] = [act]
+    middles: dict[str, tuple[int, ...]] = {}  # distinct valid thoughts -> their middle ids
+    for c in completions:
+        stats.sampled += 1
+        text = _thought_text(c, cfg.max_latent_tokens)
+        if text is None:
+            stats.failed += 1
+            options.append(Option(kind="think", ids=(*prompt, *c.token_ids), loss_start=d_marker,
+                                  reward=-cfg.penalty))
+            continue
+        if text not in middles:
+            middles[text] = codec.encode(thought_middle(text, piece))
+        mid = middles[text]
+        options.append(Option(kind="think", ids=(*mid, *end), loss_start=codec.decision_index(mid),
+                              reward=0.0, text=text))
+    gains: dict[str, float] = {}
+    if middles:
+        score_options = (ScoreOption((), target), *(ScoreOption(m, target) for m in middles.values()))
+        scores = yield ScoreRequest("pi", ScoreGroup(prefix, score_options))
+        sums = [float(sum(s)) for s in scores[0]]
+        for j, text in enumerate(middles):
+            gains[text] = float(gain(sums[j + 1], sums[0], len(target), cfg.gain_norm))
+    raw = [gains.get(o.text) if o.kind == "think" and o.text is not None else None for o in options[1:]]
+    rewards = option_rewards(raw, cfg.penalty)
+    advantages = group_advantages(rewards, cfg.advantage)
+    for o, g, r, a in zip(options, [None, *raw], rewards, advantages):
+        o.gain, o.reward, o.advantage = g, float(r), float(a)
+    stats.add_group(options)
+    chosen = choose_option(rewards)
+    return PositionGroup(line=piece.line, prefix=prefix, options=options, chosen=chosen)
+
+
+def search_snippet(snippet_id: str, text: str, *, sampler, scorer, cfg: EStepConfig, phase: str = "infuse",
+                   keep_groups: bool = True) -> SearchResult:
+    """Search one snippet with the given engines (q samples and decides, pi scores)."""
+    from ra3_megatron.estep.batch import run_searches
+
+    return run_searches([(snippet_id, text)], sampler=sampler, scorer=scorer, cfg=cfg, phase=phase,
+                        keep_groups=keep_groups)[0]

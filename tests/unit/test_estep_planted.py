@@ -1,0 +1,98 @@
+"""Planted signal: a hidden mode decides two lines of each snippet; the right comment reveals it.
+
+The FakeEngine's bigram model is trained on code where `# mode: alpha` always precedes the alpha
+lines and `# mode: beta` the beta lines; the E-step input is the same code without comments, so
+before the first mode line nothing in the prefix tells the two apart. A thought naming the mode
+makes those lines predictable through the engine's copy head (it repeats pairs of tokens seen in
+the context, here ": alpha"). The E-step must place thoughts there, name the right mode, keep
+only thoughts whose gain exceeds c, and never think when c is larger than any gain.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ra3_megatron.estep.batch import run_searches
+from ra3_megatron.estep.config import EStepConfig
+from ra3_megatron.estep.stats import SearchStats
+from ra3_megatron.rollout.fake import FakeEngine
+
+pytestmark = pytest.mark.unit
+
+WORDS = {"A": "alpha", "B": "beta"}
+FIRST_MODE_LINE = 3  # 0-based line of the first mode-dependent line in the comment-free snippet
+
+
+def snippet(mode: str, comment: bool) -> str:
+    w = WORDS[mode]
+    lines = ["def step(state):", "    value = state.load()", "    value = value + 1"]
+    if comment:
+        lines.append(f"    # mode: {w}")
+    lines += [
+        f"    value: {w} = run(value)",
+        f"    other: {w} = run(value)",
+        "    state.save(value, other)",
+        "    return value",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_tokenizer_dir):
+    rng = random.Random(0)
+    train = [snippet(rng.choice("AB"), comment=True) for _ in range(100)]
+    modes = [rng.choice("AB") for _ in range(24)]
+    jobs = [(f"s{k}", snippet(m, comment=False)) for k, m in enumerate(modes)]
+    engine = FakeEngine(corpus=train, tokenizer=str(tiny_tokenizer_dir), alpha=0.001, copy_weight=0.5)
+    return engine, modes, jobs
+
+
+def _run(planted, **cfg):
+    engine, modes, jobs = planted
+    cfg = EStepConfig(**{"samples": 4, "horizon": 2, "decision": "force", "max_latent_tokens": 16, **cfg})
+    results = run_searches(jobs, sampler=engine, scorer=engine, cfg=cfg)
+    total = SearchStats()
+    for r in results:
+        total.merge(r.stats)
+    return modes, results, total
+
+
+def test_thoughts_go_where_the_mode_is_hidden_and_name_it(planted):
+    modes, results, total = _run(planted, penalty=0.05)
+    thoughts = [(m, t) for m, r in zip(modes, results) for t in r.infused.thoughts]
+    assert len(thoughts) >= len(modes) // 2, "the E-step should find the planted intent in most snippets"
+    # where it pays: the first mode line, or the line before it (whose horizon covers it)
+    assert all(FIRST_MODE_LINE - 1 <= t.line <= FIRST_MODE_LINE for _, t in thoughts)
+    right = sum(WORDS[m] in t.text for m, t in thoughts)
+    assert right >= 0.9 * len(thoughts), [t.text for _, t in thoughts]
+    assert all(t.gain > 0.05 for _, t in thoughts)
+    s = total.summary()
+    assert s["mean_gain"] > 0.05 and 0 < s["think_rate"] < 0.3
+    # what the sampled thoughts look like on average: most do not pay
+    assert s["sample_reward"] < 0
+
+
+def test_a_large_penalty_never_thinks(planted):
+    _, results, total = _run(planted, penalty=0.5)
+    assert all(r.infused.thoughts == () for r in results)
+    assert total.chosen == 0 and total.rollouts == total.positions > 0
+
+
+def test_sampled_decisions_with_a_floor_find_it_too(planted):
+    modes, results, total = _run(planted, penalty=0.05, decision="sample", think_floor=0.5, samples=6)
+    thoughts = [(m, t) for m, r in zip(modes, results) for t in r.infused.thoughts]
+    assert len(thoughts) >= len(modes) // 3
+    assert all(WORDS[m] in t.text for m, t in thoughts)
+    # q decided "act" in part of the draws: fewer thoughts were sampled than the forced G per position
+    assert 0 < total.sampled < 0.8 * 6 * total.positions
+
+
+def test_one_pass_decision_probes_equal_per_position_scoring(planted):
+    """Without inserted thoughts every decision comes from the same pass: same q("#") as scoring each."""
+    _, _, fast = _run(planted, penalty=5.0, decision="sample")
+    _, _, slow = _run(planted, penalty=5.0, decision="sample", probe=False)
+    assert fast.positions == slow.positions > 0
+    assert fast.think_prob_sum == pytest.approx(slow.think_prob_sum, rel=1e-9)
+    assert fast.rollouts == slow.rollouts
