@@ -1,0 +1,51 @@
+"""GPU recipes at real scale: the paper's three models on one 8-GPU H100 node.
+
+`model` is a local HF checkpoint dir (nothing is downloaded); `input` is your corpus of Python
+snippets in any form `ra3 prepare` reads. The paper mid-trains on 3.5M snippets (~1B tokens).
+E-step: vLLM samples thoughts, the prefix-cache scorer scores them, q's RL update runs in
+Megatron. M-step: torchrun over 8 GPUs, Transformer Engine, bf16 (FP8 on the 8B recipe).
+"""
+
+from __future__ import annotations
+
+from ra3_megatron.estep.config import EStepConfig
+from ra3_megatron.estep.em import EMConfig
+from ra3_megatron.recipes.registry import RA3Recipe
+
+
+def _gpu_recipe(*, model: str, input: str, run_dir: str, tp: int, pp: int, mbs: int, gbs: int, seq: int,
+                lr: float, steps: int, fp8: str | None, description: str) -> RA3Recipe:
+    estep = EStepConfig(penalty=0.05, samples=4, horizon=4, rl_steps=4, rl_snippets=64, lr=1e-6,
+                        max_snippet_tokens=2048, batch_snippets=256, micro_batch=8, shard_size=5000)
+    mstep = [f"tp={tp}", f"pp={pp}", f"micro_batch_size={mbs}", f"global_batch_size={gbs}",
+             f"seq_length={seq}", f"lr={lr}", f"min_lr={lr / 10}", "warmup_steps=100", f"steps={steps}",
+             "bf16=true", "transformer_impl=transformer_engine", "distributed_optimizer=true",
+             "save_interval=500", "log_interval=10", "eval_interval=500", "eval_batches=10", "split=99,1,0"]
+    if fp8:
+        mstep += [f"fp8={fp8}", "fp8_recipe=delayed"]
+    if tp > 1:
+        mstep.append("sequence_parallel=true")
+    em = EMConfig(model=model, input=input, run_dir=run_dir, iterations=2, nproc=8, mstep_args=mstep,
+                  estep=estep)
+    return RA3Recipe(em=em, backend="vllm", trainer="megatron", description=description)
+
+
+def llama32_1b_8gpu_h100_bf16(*, model: str = "checkpoints/Llama-3.2-1B", input: str = "data/python_snippets",
+                              run_dir: str = "runs/llama32_1b") -> RA3Recipe:
+    """Llama-3.2-1B, 8x H100, BF16, DP=8."""
+    return _gpu_recipe(model=model, input=input, run_dir=run_dir, tp=1, pp=1, mbs=4, gbs=256, seq=4096,
+                       lr=2e-5, steps=1000, fp8=None, description=llama32_1b_8gpu_h100_bf16.__doc__)
+
+
+def qwen25_1p5b_8gpu_h100_bf16(*, model: str = "checkpoints/Qwen2.5-1.5B", input: str = "data/python_snippets",
+                               run_dir: str = "runs/qwen25_1p5b") -> RA3Recipe:
+    """Qwen2.5-1.5B, 8x H100, BF16, DP=8."""
+    return _gpu_recipe(model=model, input=input, run_dir=run_dir, tp=1, pp=1, mbs=4, gbs=256, seq=4096,
+                       lr=2e-5, steps=1000, fp8=None, description=qwen25_1p5b_8gpu_h100_bf16.__doc__)
+
+
+def llama31_8b_8gpu_h100_fp8(*, model: str = "checkpoints/Llama-3.1-8B", input: str = "data/python_snippets",
+                             run_dir: str = "runs/llama31_8b") -> RA3Recipe:
+    """Llama-3.1-8B, 8x H100, FP8 (TE hybrid, delayed scaling), TP=2 x DP=4 with sequence parallelism."""
+    return _gpu_recipe(model=model, input=input, run_dir=run_dir, tp=2, pp=1, mbs=1, gbs=256, seq=4096,
+                       lr=1e-5, steps=1000, fp8="hybrid", description=llama31_8b_8gpu_h100_fp8.__doc__)

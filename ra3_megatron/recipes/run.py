@@ -1,0 +1,34 @@
+"""Run a recipe: the EM loop with the recipe's engines (used by `ra3 em --recipe` and `ra3 demo`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ra3_megatron.overrides import apply_overrides
+from ra3_megatron.recipes.registry import RA3Recipe, get_recipe
+
+
+def load_recipe(name: str, overrides: list[str] | None = None) -> RA3Recipe:
+    """Build recipe `name`, then apply `key=value` overrides (`em.estep.penalty=0.1`, `backend=vllm`)."""
+    return apply_overrides(get_recipe(name)(), list(overrides or []))
+
+
+def engine_args(recipe: RA3Recipe) -> argparse.Namespace:
+    """The namespace the E-step's engine / trainer factories read (`ra3 estep`'s engine flags)."""
+    return argparse.Namespace(backend=recipe.backend, trainer=recipe.trainer, threads=recipe.threads,
+                              input=recipe.em.input, fake_corpus=None, fake_corpus_docs=2000,
+                              fake_alpha=0.001, fake_copy_weight=0.5)
+
+
+def run_recipe(recipe: RA3Recipe, *, log=print) -> dict[str, Any]:
+    from ra3_megatron.cli.estep import engine_factory, trainer_factory
+    from ra3_megatron.estep.em import run_em
+
+    if recipe.threads:
+        import torch
+
+        torch.set_num_threads(recipe.threads)
+    ns = engine_args(recipe)
+    return run_em(recipe.em, make_engine=engine_factory(ns), make_trainer=trainer_factory(ns, recipe.em.estep),
+                  log=log)
