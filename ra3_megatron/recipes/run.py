@@ -32,3 +32,8 @@ def run_recipe(recipe: RA3Recipe, *, log=print) -> dict[str, Any]:
     ns = engine_args(recipe)
     return run_em(recipe.em, make_engine=engine_factory(ns), make_trainer=trainer_factory(ns, recipe.em.estep),
                   log=log)
+
+
+def run_named_recipe(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Entry point for launchers that pass plain data (NeMo-Run `run.Partial`, Slurm scripts)."""
+    return run_recipe(load_recipe(name, overrides))
