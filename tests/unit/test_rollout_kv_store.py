@@ -1,0 +1,46 @@
+"""The prefix K/V store: longest-prefix lookup, LRU eviction by bytes, discard and clear."""
+
+from __future__ import annotations
+
+import pytest
+
+from ra3_megatron.rollout.kv_store import PrefixKVStore
+
+pytestmark = pytest.mark.unit
+
+torch = pytest.importorskip("torch")
+
+
+def kv(length: int, layers: int = 2):
+    return [(torch.zeros(1, length, 4), torch.zeros(1, length, 4)) for _ in range(layers)]
+
+
+def test_lookup_finds_the_longest_stored_prefix():
+    store = PrefixKVStore(1 << 20)
+    store.put((1, 2), kv(2))
+    store.put((1, 2, 3, 4), kv(4))
+    store.put((9,), kv(1))
+    key, found = store.lookup((1, 2, 3, 4, 5))
+    assert key == (1, 2, 3, 4) and found[0][0].shape[1] == 4
+    assert store.lookup((1, 2, 3))[0] == (1, 2)
+    assert store.lookup((1, 2))[0] == (1, 2)  # a whole-sequence match counts
+    assert store.lookup((2, 1)) is None and store.lookup(()) is None
+
+
+def test_eviction_is_least_recently_used_and_bounded_in_bytes():
+    one = 2 * 2 * 4 * 4 * 3  # layers * (k, v) * 4 floats * 4 bytes * 3 tokens
+    store = PrefixKVStore(2 * one)
+    store.put((1, 1, 1), kv(3))
+    store.put((2, 2, 2), kv(3))
+    store.lookup((1, 1, 1, 7))  # touch: (2, 2, 2) is now the oldest
+    store.put((3, 3, 3), kv(3))
+    assert len(store) == 2 and store.bytes == 2 * one
+    assert store.lookup((2, 2, 2)) is None and store.lookup((1, 1, 1)) is not None
+    store.put((4,) * 100, kv(100))  # larger than the whole budget: not kept, nothing evicted
+    assert len(store) == 2
+    store.discard((1, 1, 1))
+    assert store.bytes == one
+    store.put((3, 3, 3), kv(3))  # replacing an entry does not double-count it
+    assert store.bytes == one
+    store.clear()
+    assert len(store) == 0 and store.bytes == 0
