@@ -19,6 +19,7 @@ import types
 import typing
 from typing import Any
 
+from ra3_megatron import overrides
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.megatron.trainer import MStepConfig
 
@@ -37,20 +38,10 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
 
 
 def parse_value(name: str, text: str, annotation: Any) -> Any:
-    typ, optional = _base_type(annotation)
-    if optional and text.lower() in ("none", "null", ""):
-        return None
-    if typ is bool:
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: expected a boolean, got {text!r}")
-    try:
-        return typ(text)
-    except ValueError as exc:
-        raise ConfigError(f"{name}: expected {typ.__name__}, got {text!r}") from exc
+    """Parse a flag / override value by the field's annotation (which may be a string here)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})  # `from __future__ import annotations`
+    return overrides.parse_value(name, text, annotation)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
