@@ -13,39 +13,20 @@ Rerun the same command to resume after a crash. Several workers share one output
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import typing
 
+from ra3_megatron.cli.config_args import add_config_arguments, config_from_args
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.config import EStepConfig
 
 
-def _field_type(f: dataclasses.Field):
-    ann = f.type if not isinstance(f.type, str) else eval(f.type, {**vars(typing)}, {})
-    if typing.get_origin(ann) is typing.Literal:
-        return str, typing.get_args(ann)
-    return ann, None
-
-
 def add_estep_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per EStepConfig field (`--rl-steps`, `--position-fraction`, ...)."""
-    group = parser.add_argument_group("E-step")
-    for f in dataclasses.fields(EStepConfig):
-        flag = "--" + f.name.replace("_", "-")
-        typ, choices = _field_type(f)
-        if typ is bool:
-            group.add_argument(flag, dest=f"estep_{f.name}", action=argparse.BooleanOptionalAction,
-                               default=None, help=f"(default: {f.default})")
-        else:
-            group.add_argument(flag, dest=f"estep_{f.name}", type=typ, choices=choices, default=None,
-                               metavar=None if choices else typ.__name__.upper(), help=f"(default: {f.default})")
+    add_config_arguments(parser.add_argument_group("E-step"), EStepConfig, prefix="estep")
 
 
 def estep_config_from_args(args: argparse.Namespace) -> EStepConfig:
-    values = {f.name: getattr(args, f"estep_{f.name}") for f in dataclasses.fields(EStepConfig)
-              if getattr(args, f"estep_{f.name}", None) is not None}
-    return EStepConfig(**values)
+    return config_from_args(args, EStepConfig, prefix="estep")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,39 +14,22 @@ env RA3_MBPP_DIR, else ../shared/data/mbpp.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import typing
 from pathlib import Path
 
+from ra3_megatron.cli.config_args import add_config_arguments as _add_config_arguments
+from ra3_megatron.cli.config_args import config_from_args as _config_from_args
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.rlvr.config import GRPOConfig
 
 
-def _field_type(f: dataclasses.Field):
-    ann = f.type if not isinstance(f.type, str) else eval(f.type, {**vars(typing)}, {})
-    if typing.get_origin(ann) is typing.Literal:
-        return str, typing.get_args(ann)
-    return ann, None
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("GRPO")
-    for f in dataclasses.fields(GRPOConfig):
-        flag = "--" + f.name.replace("_", "-")
-        typ, choices = _field_type(f)
-        if typ is bool:
-            group.add_argument(flag, dest=f"grpo_{f.name}", action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default: {f.default})")
-        else:
-            group.add_argument(flag, dest=f"grpo_{f.name}", type=typ, choices=choices, default=None,
-                               help=f"(default: {f.default})")
+    """One flag per GRPOConfig field."""
+    _add_config_arguments(parser.add_argument_group("GRPO"), GRPOConfig, prefix="grpo")
 
 
 def config_from_args(args: argparse.Namespace) -> GRPOConfig:
-    values = {f.name: getattr(args, f"grpo_{f.name}") for f in dataclasses.fields(GRPOConfig)
-              if getattr(args, f"grpo_{f.name}", None) is not None}
-    return GRPOConfig(**values)
+    return _config_from_args(args, GRPOConfig, prefix="grpo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
