@@ -147,11 +147,20 @@ def _estep_summary(it: Path) -> dict[str, Any]:
 
 
 def _mstep_metrics(it: Path) -> dict[str, Any]:
-    """The M-step's last metrics record, whatever runner wrote it (metrics.jsonl lines), else {}."""
+    """The M-step's last metrics record, whatever runner wrote it (metrics.jsonl lines), else {}.
+
+    Thoughts are rare, so the last step's batch often holds no latent token (latent CE NaN): the
+    latent CE reported is then the one of the last step that had latent tokens.
+    """
     for path in sorted((it / "mstep").rglob("metrics*.jsonl")):
         lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
         if lines:
-            return lines[-1]
+            last = dict(lines[-1])
+            with_latent = [r for r in lines if r.get("latent_tokens")]
+            if not last.get("latent_tokens") and with_latent:
+                last["latent_ce"] = with_latent[-1].get("latent_ce", last.get("latent_ce"))
+                last["latent_ce_step"] = with_latent[-1].get("step")
+            return last
     return {}
 
 
