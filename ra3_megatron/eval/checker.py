@@ -22,6 +22,7 @@ import functools
 import importlib
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -50,16 +51,25 @@ class Outcome:
         return self.status == "passed"
 
 
+# CPython < 3.11.8 / 3.12.0 keeps the AST <-> object conversion's recursion depth in global state,
+# so concurrent compile()/ast.parse() in the checker's worker threads can fail with "SystemError:
+# AST constructor recursion depth mismatch" (python/cpython gh-106905). Parsing is cheap and cached.
+_PARSE_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=4096)
 def _compiled(source: str, filename: str):
-    return compile(source, filename, "exec")
+    with _PARSE_LOCK:
+        return compile(source, filename, "exec")
 
 
 @functools.lru_cache(maxsize=4096)
 def _free_names(source: str) -> frozenset[str]:
     """Names the test code reads but never binds (they come from the program or builtins)."""
     loads, bound = set(), set()
-    for node in ast.walk(ast.parse(source)):
+    with _PARSE_LOCK:
+        tree = ast.parse(source)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             (loads if isinstance(node.ctx, ast.Load) else bound).add(node.id)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
