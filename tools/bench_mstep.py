@@ -32,15 +32,10 @@ from pathlib import Path
 
 
 def model_dir(name: str) -> Path:
-    if name == "tiny":
-        from ra3_megatron.models.tiny import tiny_model_dir
+    """`tiny`, `tiny-warm`, `smollm2` (embedded, built once and cached) or an HF checkpoint dir."""
+    from ra3_megatron.models.warm import resolve_model
 
-        return tiny_model_dir()
-    if name == "smollm2":
-        from ra3_megatron.models.smollm2 import smollm2_dir
-
-        return smollm2_dir()
-    return Path(name)
+    return Path(resolve_model(name))
 
 
 def make_batches(hf_dir: Path, n: int, batch: int, seq: int, out: Path) -> None:
