@@ -1,8 +1,9 @@
 """The transformers rollout backend: the reference for tests, and the fast prefix-cache scorer.
 
-`generate` is a plain KV-cached sampling loop (the prompt runs once, its cache is repeated for
-the n samples), seeded per prompt like vLLM: the same prompt with the same seed gives the same
-samples whatever else is in the batch. Returned log-probs are the raw model's (before
+`generate` decodes all prompts of a call in one batched KV-cached loop (`hf_sampling`), each
+prompt's prefill starting from what the prefix store already holds for it, seeded per prompt
+like vLLM: the same prompt with the same seed gives the same samples whatever else is in the
+batch. `token_logprobs_at` answers the E-step's decision probes and stores their K/V. Returned log-probs are the raw model's (before
 temperature / top-p), as vLLM's default `raw_logprobs`. `score_groups` is
 `prefix_scorer.score_groups_prefix_cache` with a `kv_store.PrefixKVStore`, so a prefix that
 extends one scored earlier computes only its new tokens (or the naive full-sequence forward with
@@ -25,7 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ra3_megatron.errors import InputError
 from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup
-from ra3_megatron.rollout.common import cut_at_stop, prompt_ids, split_overrides
+from ra3_megatron.rollout.common import prompt_ids, split_overrides
+from ra3_megatron.rollout.hf_sampling import probe_logprobs, sample_batched
 from ra3_megatron.rollout.kv_store import PrefixKVStore
 from ra3_megatron.rollout.onednn import onednn_linears
 from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_naive, score_groups_prefix_cache
@@ -37,7 +39,7 @@ class HFEngineConfig:
     device: str = "auto"  # "auto": cuda when available, else cpu
     threads: int | None = None  # torch intra-op threads (CPU); None leaves torch's setting
     scorer: str = "prefix-cache"  # | "naive"
-    max_batch_tokens: int = 32768  # prefix-cache scorer batch bound (see ScorerConfig)
+    max_batch_tokens: int = 32768  # scorer batch bound (ScorerConfig); sampling: rows x prompt length
     onednn: bool = True  # CPU: linear layers through oneDNN, ~2x MKL on AMD (onednn.py)
     prefix_store_mb: int = 512  # prefix K/V kept between score calls (kv_store); 0: none
     seed: int = 0  # sampling stream for requests without a seed
@@ -63,12 +65,37 @@ class HFEngine:
     def generate(
         self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig
     ) -> list[list[Completion]]:
-        out = []
+        """All prompts decode together (hf_sampling.sample_batched), in batches of at most
+        `max_batch_tokens` rows x length; each prompt has its own generator (config.seed)."""
+        ids = [prompt_ids(self.tokenizer, p) for p in prompts]
+        out: list[list[Completion]] = []
         with torch.inference_mode(), onednn_linears(self.model, self.config.onednn):
-            for p in prompts:
-                gen = self._gen if config.seed is None else torch.Generator().manual_seed(config.seed)
-                out.append(self._sample(prompt_ids(self.tokenizer, p), config, gen))
+            for chunk in self._chunks(ids, config.n):
+                gens = [self._gen if config.seed is None else torch.Generator().manual_seed(config.seed)
+                        for _ in chunk]
+                out += sample_batched(self.model, self.tokenizer, chunk, config, gens, self._pick, self.store)
         return out
+
+    def _chunks(self, ids: list[list[int]], n: int) -> list[list[list[int]]]:
+        chunks: list[list[list[int]]] = []
+        longest = 0
+        for p in ids:
+            longest_with = max(longest, len(p))
+            if chunks and (len(chunks[-1]) + 1) * n * longest_with > self.config.max_batch_tokens:
+                chunks.append([p])
+                longest = len(p)
+            else:
+                if not chunks:
+                    chunks.append([])
+                chunks[-1].append(p)
+                longest = longest_with
+        return chunks
+
+    def token_logprobs_at(self, ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int]) -> list[float]:
+        """log p(tokens[i] | ids[:positions[i]]): the E-step's decision probes, from one pass
+        over ids whose K/V the store keeps for the thought prompts that follow."""
+        with torch.inference_mode(), onednn_linears(self.model, self.config.onednn):
+            return probe_logprobs(self.model, ids, positions, tokens, self.store)
 
     def _pick(self, logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
         if cfg.temperature <= 0:
@@ -79,42 +106,6 @@ class HFEngine:
             drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest set reaching top_p
             probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
         return torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(logits.device)
-
-    def _sample(self, ids: list[int], cfg: SamplingConfig, gen: torch.Generator) -> list[Completion]:
-        dev, n = self.model.device, cfg.n
-        out = self.model(input_ids=torch.tensor([ids], device=dev), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(n)
-        logits = out.logits[:, -1].float().expand(n, -1)
-        eos = self.tokenizer.eos_token_id
-        toks: list[list[int]] = [[] for _ in range(n)]
-        lps: list[list[float]] = [[] for _ in range(n)]
-        texts, done = [""] * n, [False] * n
-        for _ in range(cfg.max_tokens):
-            nxt = self._pick(logits, cfg, gen)
-            lp = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0].tolist()
-            for i, t in enumerate(nxt.tolist()):
-                if done[i]:
-                    continue
-                toks[i].append(t)
-                lps[i].append(lp[i])
-                texts[i], hit = cut_at_stop(
-                    self.tokenizer.decode(toks[i], skip_special_tokens=True), cfg.stop
-                )
-                done[i] = hit or t == eos
-            if all(done):
-                break
-            out = self.model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1].float()
-        return [
-            Completion(
-                text=texts[i],
-                token_ids=tuple(toks[i]),
-                logprobs=tuple(lps[i]) if cfg.logprobs else None,
-                finish_reason="stop" if done[i] else "length",
-            )
-            for i in range(n)
-        ]
 
     # -- scoring ----------------------------------------------------------------------------
     def score_groups(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:

@@ -44,6 +44,27 @@ class PrefixKVStore:
         self._entries.move_to_end(best)
         return best, self._entries[best][0]
 
+    def longest_common(self, tokens: Sequence[int]) -> tuple[int, KV] | None:
+        """(n, K/V) of the entry sharing the most leading tokens with `tokens` (n >= 1), or None.
+
+        The K/V is the whole entry's: its first n positions are those of tokens[:n].
+        """
+        tokens = tuple(tokens)
+        best_n, best = 0, None
+        for key in self._entries:
+            if not key or not tokens or key[0] != tokens[0]:
+                continue
+            m = min(len(key), len(tokens))
+            if m <= best_n:
+                continue
+            n = m if key[:m] == tokens[:m] else next(i for i in range(m) if key[i] != tokens[i])
+            if n > best_n:
+                best_n, best = n, key
+        if best is None:
+            return None
+        self._entries.move_to_end(best)
+        return best_n, self._entries[best][0]
+
     def put(self, tokens: Sequence[int], kv: KV) -> None:
         key = tuple(tokens)
         size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)

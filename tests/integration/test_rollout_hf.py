@@ -114,7 +114,7 @@ def test_sampling_seeded_stop_n_and_logprobs(hf):
     cfg = SamplingConfig(n=3, temperature=1.0, max_tokens=30, stop=("\n",), seed=11, logprobs=True)
     prompt = "def add(a, b):\n    return"
     a, b = hf.generate([prompt, prompt], cfg)
-    assert a == b and len(a) == 3
+    assert same_samples(a, b) and len(a) == 3
     assert a != hf.generate([prompt], SamplingConfig(n=3, max_tokens=30, seed=12))[0]
     ids = hf.tokenizer.encode(prompt, add_special_tokens=False)
     scores = hf.score_groups(
@@ -126,6 +126,55 @@ def test_sampling_seeded_stop_n_and_logprobs(hf):
         full = hf.tokenizer.decode(c.token_ids, skip_special_tokens=True)
         assert full.startswith(c.text)
         assert ("\n" in full) == (c.finish_reason == "stop" and c.token_ids[-1] != hf.tokenizer.eos_token_id)
+
+
+def same_samples(a, b, tol=1e-5) -> bool:
+    """Equal samples; log-probs to float rounding (a prompt's prefill may start from stored K/V)."""
+    return len(a) == len(b) and all(
+        (x.text, x.token_ids, x.finish_reason) == (y.text, y.token_ids, y.finish_reason)
+        and (x.logprobs is None) == (y.logprobs is None)
+        and all(abs(u - v) <= tol for u, v in zip(x.logprobs or (), y.logprobs or ()))
+        for x, y in zip(a, b)
+    )
+
+
+def test_batched_prompts_sample_as_they_would_alone(hf):
+    """Prompts of different lengths share one left-padded decode loop; each must get the samples
+    (and greedy tokens) it gets alone, so padding, masks and positions are right."""
+    prompts = ["import os\nimport", "def add(a, b):\n    return a", "x", "class A:\n    def f(self):\n        return"]
+    for cfg in (SamplingConfig(n=2, temperature=1.0, max_tokens=12, seed=5, logprobs=True),
+                SamplingConfig(n=1, temperature=0.0, max_tokens=12, logprobs=True)):
+        hf.store.clear()
+        together = hf.generate(prompts, cfg)
+        for p, got in zip(prompts, together):
+            hf.store.clear()
+            assert same_samples(got, hf.generate([p], cfg)[0], tol=1e-4), p
+    with torch.inference_mode():
+        ids = hf.tokenizer.encode(prompts[3], add_special_tokens=False)
+        ref = hf.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12, min_new_tokens=12,
+                                pad_token_id=hf.tokenizer.pad_token_id)[0, len(ids):].tolist()
+    assert list(together[3][0].token_ids) == ref[: len(together[3][0].token_ids)]
+
+
+def test_prompts_reuse_stored_prefixes_and_probes_agree_with_scores(hf):
+    """A probe pass over a sequence stores its K/V; a prompt sharing its start computes only the
+    rest (store.reused_tokens grows) and samples as from scratch."""
+    ids = hf.tokenizer.encode("import os\nimport sys\n\ndef main():\n    return 1\n", add_special_tokens=False)
+    positions, tokens = [3, len(ids) - 2], [ids[3], 7]
+    hf.store.clear()
+    lp = hf.token_logprobs_at(ids, positions, tokens)
+    for p, t, x in zip(positions, tokens, lp):
+        ref = hf.score_groups([ScoreGroup(prefix=tuple(ids[:p]), options=(ScoreOption((), (t,)),))])[0][0][0]
+        assert x == pytest.approx(ref, abs=1e-4)
+    hf.store.clear()
+    hf.token_logprobs_at(ids, positions, tokens)
+    before = hf.store.reused_tokens
+    cfg = SamplingConfig(n=2, temperature=1.0, max_tokens=10, seed=3, logprobs=True)
+    prompt = ids[:-3] + hf.tokenizer.encode("#", add_special_tokens=False)
+    reused = hf.generate([prompt], cfg)[0]
+    assert hf.store.reused_tokens - before == len(ids) - 3
+    hf.store.clear()
+    assert same_samples(reused, hf.generate([prompt], cfg)[0], tol=1e-4)
 
 
 def test_stop_at_newline_happens(hf):

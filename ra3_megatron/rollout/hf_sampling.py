@@ -1,0 +1,141 @@
+"""Batched KV-cached sampling and decision probes for the transformers backend.
+
+`sample_batched` serves every prompt of a `generate` call in one decode loop:
+1. prefill, per prompt: only the tokens past what the engine's `PrefixKVStore` already holds for
+   it (`longest_common`: an E-step thought prompt "prefix + \\n{indent}#" shares its prefix with
+   the decision probe's pass over the snippet, or with an earlier prompt), so a prompt late in a
+   snippet costs a few tokens instead of a pass over the whole prefix;
+2. decode, all rows of all prompts together: prompt K/V left-padded into one cache, an attention
+   mask over the padding, RoPE positions per row. Finished rows leave the batch.
+Each prompt draws from its own generator, with the same calls as one prompt alone, so a prompt
+with a given seed gets the same samples whatever else is in the batch (up to float rounding of
+batched kernels, which can flip a near-tie).
+
+`probe_logprobs` is the decision probe: log p(tokens[i] | ids[:positions[i]]) from one pass over
+ids (again past what the store holds), whose K/V it stores for the prompts that follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from ra3_megatron.rollout.base import Completion, SamplingConfig
+from ra3_megatron.rollout.common import cut_at_stop
+from ra3_megatron.rollout.kv_store import KV, PrefixKVStore
+
+
+def _cache(kv: KV) -> DynamicCache:
+    cache = DynamicCache()
+    for k, v in kv:
+        layer = DynamicLayer()
+        layer.keys, layer.values = k, v
+        layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True
+        cache.layers.append(layer)
+    return cache
+
+
+def _forward_with_store(model, ids: Sequence[int], store: PrefixKVStore | None, keep: int = 1):
+    """Run `ids` (past the stored part) and return (hidden states of the new tokens [N, H], the
+    number of stored tokens used c, per-layer K/V [h, len(ids), d]). At least `keep` tokens run."""
+    dev = model.device
+    hit = store.longest_common(ids) if store is not None else None
+    c = min(hit[0], len(ids) - keep) if hit else 0
+    cache = _cache([(k[None, :, :c], v[None, :, :c]) for k, v in hit[1]]) if c > 0 else DynamicCache()
+    x = torch.tensor([list(ids[c:])], device=dev)
+    pos = torch.arange(c, len(ids), device=dev)[None, :]
+    out = model.get_decoder()(input_ids=x, position_ids=pos, past_key_values=cache, use_cache=True)
+    kv = [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
+    if store is not None:
+        if hit:
+            store.hits += 1
+            store.reused_tokens += c
+        store.put(tuple(ids), kv)
+    return out.last_hidden_state[0], c, kv
+
+
+def probe_logprobs(model, ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int],
+                   store: PrefixKVStore | None) -> list[float]:
+    """log p(tokens[i] | ids[:positions[i]]) for each i, from one pass (see module docstring)."""
+    if not positions:
+        return []
+    dev = model.device
+    seq = list(ids[: max(positions)])
+    hidden, c, _ = _forward_with_store(model, seq, store, keep=len(seq) - min(positions) + 1)
+    at = torch.tensor([p - 1 - c for p in positions], device=dev)  # the state that predicts token p
+    logits = model.get_output_embeddings()(hidden[at]).float()
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(list(tokens), device=dev)[:, None])
+    return lp[:, 0].tolist()
+
+
+def sample_batched(
+    model, tokenizer, prompts: Sequence[list[int]], cfg: SamplingConfig, gens: Sequence[torch.Generator],
+    pick: Callable[[torch.Tensor, SamplingConfig, torch.Generator], torch.Tensor], store: PrefixKVStore | None,
+) -> list[list[Completion]]:
+    """cfg.n completions for each prompt (see module docstring); `pick` samples rows of logits."""
+    dev, n, eos = model.device, cfg.n, tokenizer.eos_token_id
+    head = model.get_output_embeddings()
+    firsts, kvs = [], []
+    for ids in prompts:
+        hidden, _, kv = _forward_with_store(model, ids, store)
+        firsts.append(head(hidden[-1:]).float())
+        kvs.append(kv)
+    P = len(prompts)
+    lens = torch.tensor([len(p) for p in prompts], device=dev)
+    L = int(lens.max())
+    # Left-pad every prompt's K/V to L; row r = sample r % n of prompt r // n.
+    layers = []
+    for li in range(len(kvs[0])):
+        k0, v0 = kvs[0][li]
+        keys = k0.new_zeros(P, k0.shape[0], L, k0.shape[2])
+        values = v0.new_zeros(P, v0.shape[0], L, v0.shape[2])
+        for p, kv in enumerate(kvs):
+            keys[p, :, L - len(prompts[p]) :] = kv[li][0]
+            values[p, :, L - len(prompts[p]) :] = kv[li][1]
+        layers.append((keys.repeat_interleave(n, 0), values.repeat_interleave(n, 0)))
+    cache = _cache(layers)
+    mask = (torch.arange(L, device=dev)[None, :] >= (L - lens)[:, None]).repeat_interleave(n, 0).long()
+    pos = lens.repeat_interleave(n, 0)
+    logits = torch.cat([f.expand(n, -1) for f in firsts])
+    R = P * n
+    toks: list[list[int]] = [[] for _ in range(R)]
+    lps: list[list[float]] = [[] for _ in range(R)]
+    texts, done = [""] * R, [False] * R
+    active = list(range(R))  # rows still in the batch, in batch order
+    for _ in range(cfg.max_tokens):
+        nxt = torch.empty(len(active), dtype=torch.long, device=dev)
+        for p in range(P):  # each prompt's rows with its own generator, as for a prompt alone
+            rows = [j for j, r in enumerate(active) if r // n == p]
+            if rows:
+                nxt[rows] = pick(logits[rows], cfg, gens[p])
+        lp = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0].tolist()
+        for j, (r, t) in enumerate(zip(active, nxt.tolist())):
+            toks[r].append(t)
+            lps[r].append(lp[j])
+            texts[r], hit = cut_at_stop(tokenizer.decode(toks[r], skip_special_tokens=True), cfg.stop)
+            done[r] = hit or t == eos
+        keep = [j for j, r in enumerate(active) if not done[r]]
+        if not keep:
+            break
+        if len(keep) < len(active):
+            sel = torch.tensor(keep, device=dev)
+            cache.batch_select_indices(sel)
+            nxt, mask, pos = nxt[sel], mask[sel], pos[sel]
+            active = [active[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1].float()
+        pos = pos + 1
+    return [
+        [
+            Completion(
+                text=texts[r], token_ids=tuple(toks[r]), logprobs=tuple(lps[r]) if cfg.logprobs else None,
+                finish_reason="stop" if done[r] else "length",
+            )
+            for r in range(p * n, (p + 1) * n)
+        ]
+        for p in range(P)
+    ]
