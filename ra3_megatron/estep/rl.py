@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,19 @@ def engine_logprobs(engine, batch: Batch) -> Any:
     return out
 
 
+class _Clock:
+    """Seconds per phase of an RL step, for the step's record."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 4)
+        self._t = now
+
+
 def snippet_cycle(stream_factory: Callable[[], Iterator[tuple[str, str]]]) -> Iterator[tuple[str, str]]:
     """The snippets of the stream, restarted at its end (a corpus smaller than the RL steps need)."""
     while True:
@@ -154,8 +168,10 @@ def run_rl(
     history: list[dict[str, Any]] = []
     previous: Path | None = None
     for step in range(cfg.rl_steps):
+        clock = _Clock()
         jobs = list(itertools.islice(snippets, cfg.rl_snippets))
         results = run_searches(jobs, sampler=sampler, scorer=scorer, cfg=cfg, phase=f"rl{step}")
+        clock.lap("search_s")
         stats = SearchStats()
         for r in results:
             stats.merge(r.stats)
@@ -167,13 +183,17 @@ def run_rl(
             batch["old_logprobs"] = trainer.logprobs(batch)
             if cfg.kl_coef:
                 batch["ref_logprobs"] = engine_logprobs(scorer, batch)
+            clock.lap("logprobs_s")
             record.update(trainer.step(batch))
+            clock.lap("update_s")
             out = work / f"q_step{step}"
             trainer.export_weights(out)
             sampler.load_weights(str(out))
+            clock.lap("sync_s")  # weight sync: export from the trainer + load into the live engine
             if previous is not None:
                 shutil.rmtree(previous, ignore_errors=True)
             previous = out
+        record.update(clock.laps)
         history.append(record)
         if on_step is not None:
             on_step(record)
