@@ -1,10 +1,13 @@
 """Serve many snippet searches in lockstep: each round gathers the pending requests of all
-searches and answers them with one `score_groups` call per engine and one `generate` call per
-sample count, so the rollout engine sees batches (and shared prefixes) instead of single calls.
+searches and answers them with one `score_groups` call per engine and one `generate` call (each
+prompt with its own number of samples), so the rollout engine sees batches (and shared prefixes)
+instead of single calls.
 
 The searches are independent; answers go back in snippet order, so the result for a batch is
-deterministic. Sampling seeds are derived from (cfg.seed, phase, round, n): engines that seed per
-request (vLLM) then give each snippet the same samples whatever else is in its batch.
+deterministic. A snippet's k-th request is answered in round k whatever its batch, and its
+sampling seed is derived from (cfg.seed, phase, snippet id, round): engines that seed per prompt
+(all three) then give each snippet the same samples whatever else is in its batch, and two
+snippets never share a random stream.
 """
 
 from __future__ import annotations
@@ -69,17 +72,15 @@ def run_searches(
             out = probe_logprobs(sampler, [(pending[i].ids, pending[i].positions, pending[i].tokens) for i in probes])
             for i, lps in zip(probes, out):
                 answers[i] = lps
-        by_n: dict[int, list[int]] = {}
-        for i in order:
-            req = pending[i]
-            if isinstance(req, SampleRequest):
-                by_n.setdefault(req.n, []).append(i)
-        for n, idx in sorted(by_n.items()):
-            sampling = SamplingConfig(
-                n=n, temperature=cfg.temperature, max_tokens=cfg.max_latent_tokens, stop=("\n",),
-                seed=_seed(cfg.seed, phase, rounds, n),
-            )
-            out = sampler.generate([list(pending[i].prompt) for i in idx], sampling)
+        idx = [i for i in order if isinstance(pending[i], SampleRequest)]
+        if idx:
+            # One call for every prompt of the round, each with its own n and its own seed.
+            configs = [
+                SamplingConfig(n=pending[i].n, temperature=cfg.temperature, max_tokens=cfg.max_latent_tokens,
+                               stop=("\n",), seed=_seed(cfg.seed, phase, jobs[i][0], rounds))
+                for i in idx
+            ]
+            out = sampler.generate([list(pending[i].prompt) for i in idx], configs)
             for i, completions in zip(idx, out):
                 answers[i] = completions
         for i in order:

@@ -28,6 +28,17 @@ class SamplingConfig:
     logprobs: bool = False  # return the sampled tokens' log-probs
 
 
+def per_prompt(config: SamplingConfig | Sequence[SamplingConfig], n_prompts: int) -> list[SamplingConfig]:
+    """One SamplingConfig per prompt: `generate` takes one for all prompts, or one each (the
+    E-step asks each prompt for its own number of thoughts, under its own seed, in one call)."""
+    if isinstance(config, SamplingConfig):
+        return [config] * n_prompts
+    configs = list(config)
+    if len(configs) != n_prompts:
+        raise ValueError(f"generate: {len(configs)} sampling configs for {n_prompts} prompts")
+    return configs
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
@@ -54,8 +65,10 @@ class RolloutEngine(Protocol):
 
     tokenizer: object
 
-    def generate(self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig) -> list[list[Completion]]:
-        """n completions for each prompt, in prompt order."""
+    def generate(
+        self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig | Sequence[SamplingConfig]
+    ) -> list[list[Completion]]:
+        """config.n completions for each prompt, in prompt order (one config, or one per prompt)."""
         ...
 
     def score_groups(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ra3_megatron.errors import InputError
-from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup
+from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
 from ra3_megatron.rollout.byte_tokenizer import ByteTokenizer
 from ra3_megatron.rollout.common import cut_at_stop, prompt_ids, split_overrides
 
@@ -170,22 +170,22 @@ class FakeEngine:
         raise AssertionError("unreachable")
 
     def generate(
-        self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig
+        self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig | Sequence[SamplingConfig]
     ) -> list[list[Completion]]:
         eos, out = self.tokenizer.eos_token_id, []
-        for p in prompts:
+        for p, cfg in zip(prompts, per_prompt(config, len(prompts))):
             prompt = self._context(prompt_ids(self.tokenizer, p))
-            rng = self._rng if config.seed is None else random.Random(config.seed)
+            rng = self._rng if cfg.seed is None else random.Random(cfg.seed)
             comps = []
-            for _ in range(config.n):
+            for _ in range(cfg.n):
                 ctx, toks, lps, text, stopped = _Context(prompt), [], [], "", False
-                for _ in range(config.max_tokens):
-                    x = self._pick(ctx, config, rng)
+                for _ in range(cfg.max_tokens):
+                    x = self._pick(ctx, cfg, rng)
                     toks.append(x)
                     lps.append(math.log(self._prob(ctx, x)))
                     self._push(ctx, x)
                     text, stopped = cut_at_stop(
-                        self.tokenizer.decode(toks, skip_special_tokens=True), config.stop
+                        self.tokenizer.decode(toks, skip_special_tokens=True), cfg.stop
                     )
                     if stopped or x == eos:
                         stopped = True
@@ -194,7 +194,7 @@ class FakeEngine:
                     Completion(
                         text=text,
                         token_ids=tuple(toks),
-                        logprobs=tuple(lps) if config.logprobs else None,
+                        logprobs=tuple(lps) if cfg.logprobs else None,
                         finish_reason="stop" if stopped else "length",
                     )
                 )

@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ra3_megatron.errors import InputError
-from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup
+from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
 from ra3_megatron.rollout.common import prompt_ids, split_overrides
 from ra3_megatron.rollout.hf_sampling import probe_logprobs, sample_batched
 from ra3_megatron.rollout.kv_store import PrefixKVStore
@@ -63,32 +63,41 @@ class HFEngine:
 
     # -- sampling ---------------------------------------------------------------------------
     def generate(
-        self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig
+        self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig | Sequence[SamplingConfig]
     ) -> list[list[Completion]]:
-        """All prompts decode together (hf_sampling.sample_batched), in batches of at most
-        `max_batch_tokens` rows x length; each prompt has its own generator (config.seed)."""
+        """All prompts that differ only in n and seed decode together (hf_sampling.sample_batched),
+        in batches of at most `max_batch_tokens` rows x length; each prompt has its own generator."""
         ids = [prompt_ids(self.tokenizer, p) for p in prompts]
-        out: list[list[Completion]] = []
+        configs = per_prompt(config, len(prompts))
+        out: list[list[Completion] | None] = [None] * len(ids)
+        by_rest: dict[SamplingConfig, list[int]] = {}
+        for i, c in enumerate(configs):
+            by_rest.setdefault(replace(c, n=1, seed=None), []).append(i)
         with torch.inference_mode(), onednn_linears(self.model, self.config.onednn):
-            for chunk in self._chunks(ids, config.n):
-                gens = [self._gen if config.seed is None else torch.Generator().manual_seed(config.seed)
-                        for _ in chunk]
-                out += sample_batched(self.model, self.tokenizer, chunk, config, gens, self._pick, self.store)
-        return out
+            for rest, members in by_rest.items():
+                for chunk in self._chunks(members, ids, configs):
+                    gens = [self._gen if configs[i].seed is None else torch.Generator().manual_seed(configs[i].seed)
+                            for i in chunk]
+                    done = sample_batched(self.model, self.tokenizer, [ids[i] for i in chunk],
+                                          [configs[i].n for i in chunk], rest, gens, self._pick, self.store)
+                    for i, comps in zip(chunk, done):
+                        out[i] = comps
+        return out  # type: ignore[return-value]
 
-    def _chunks(self, ids: list[list[int]], n: int) -> list[list[list[int]]]:
-        chunks: list[list[list[int]]] = []
-        longest = 0
-        for p in ids:
-            longest_with = max(longest, len(p))
-            if chunks and (len(chunks[-1]) + 1) * n * longest_with > self.config.max_batch_tokens:
-                chunks.append([p])
-                longest = len(p)
+    def _chunks(self, members: list[int], ids: list[list[int]], configs: list[SamplingConfig]) -> list[list[int]]:
+        """Consecutive prompts whose rows x longest prompt stay within max_batch_tokens."""
+        chunks: list[list[int]] = []
+        rows = longest = 0
+        for i in members:
+            r, L = rows + configs[i].n, max(longest, len(ids[i]))
+            if chunks and r * L > self.config.max_batch_tokens:
+                chunks.append([i])
+                rows, longest = configs[i].n, len(ids[i])
             else:
                 if not chunks:
                     chunks.append([])
-                chunks[-1].append(p)
-                longest = longest_with
+                chunks[-1].append(i)
+                rows, longest = r, L
         return chunks
 
     def token_logprobs_at(self, ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int]) -> list[float]:

@@ -71,11 +71,13 @@ def probe_logprobs(model, ids: Sequence[int], positions: Sequence[int], tokens: 
 
 
 def sample_batched(
-    model, tokenizer, prompts: Sequence[list[int]], cfg: SamplingConfig, gens: Sequence[torch.Generator],
+    model, tokenizer, prompts: Sequence[list[int]], ns: Sequence[int], cfg: SamplingConfig,
+    gens: Sequence[torch.Generator],
     pick: Callable[[torch.Tensor, SamplingConfig, torch.Generator], torch.Tensor], store: PrefixKVStore | None,
 ) -> list[list[Completion]]:
-    """cfg.n completions for each prompt (see module docstring); `pick` samples rows of logits."""
-    dev, n, eos = model.device, cfg.n, tokenizer.eos_token_id
+    """ns[p] completions for prompt p (cfg.n is ignored; see module docstring); `pick` samples
+    rows of logits."""
+    dev, eos = model.device, tokenizer.eos_token_id
     head = model.get_output_embeddings()
     firsts, kvs = [], []
     for ids in prompts:
@@ -85,7 +87,10 @@ def sample_batched(
     P = len(prompts)
     lens = torch.tensor([len(p) for p in prompts], device=dev)
     L = int(lens.max())
-    # Left-pad every prompt's K/V to L; row r = sample r % n of prompt r // n.
+    # Left-pad every prompt's K/V to L; rows owner[r] == p are prompt p's samples.
+    owner = torch.repeat_interleave(torch.arange(P), torch.tensor(list(ns)))
+    first_row = [0, *torch.tensor(list(ns)).cumsum(0).tolist()]
+    owner_dev = owner.to(dev)
     layers = []
     for li in range(len(kvs[0])):
         k0, v0 = kvs[0][li]
@@ -94,12 +99,13 @@ def sample_batched(
         for p, kv in enumerate(kvs):
             keys[p, :, L - len(prompts[p]) :] = kv[li][0]
             values[p, :, L - len(prompts[p]) :] = kv[li][1]
-        layers.append((keys.repeat_interleave(n, 0), values.repeat_interleave(n, 0)))
+        layers.append((keys.index_select(0, owner_dev), values.index_select(0, owner_dev)))
     cache = _cache(layers)
-    mask = (torch.arange(L, device=dev)[None, :] >= (L - lens)[:, None]).repeat_interleave(n, 0).long()
-    pos = lens.repeat_interleave(n, 0)
-    logits = torch.cat([f.expand(n, -1) for f in firsts])
-    R = P * n
+    mask = (torch.arange(L, device=dev)[None, :] >= (L - lens)[:, None]).index_select(0, owner_dev).long()
+    pos = lens.index_select(0, owner_dev)
+    logits = torch.cat([f.expand(k, -1) for f, k in zip(firsts, ns)])
+    R = len(owner)
+    owner_of = owner.tolist()
     toks: list[list[int]] = [[] for _ in range(R)]
     lps: list[list[float]] = [[] for _ in range(R)]
     texts, done = [""] * R, [False] * R
@@ -107,7 +113,7 @@ def sample_batched(
     for _ in range(cfg.max_tokens):
         nxt = torch.empty(len(active), dtype=torch.long, device=dev)
         for p in range(P):  # each prompt's rows with its own generator, as for a prompt alone
-            rows = [j for j, r in enumerate(active) if r // n == p]
+            rows = [j for j, r in enumerate(active) if owner_of[r] == p]
             if rows:
                 nxt[rows] = pick(logits[rows], cfg, gens[p])
         lp = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0].tolist()
@@ -135,7 +141,7 @@ def sample_batched(
                 text=texts[r], token_ids=tuple(toks[r]), logprobs=tuple(lps[r]) if cfg.logprobs else None,
                 finish_reason="stop" if done[r] else "length",
             )
-            for r in range(p * n, (p + 1) * n)
+            for r in range(first_row[p], first_row[p + 1])
         ]
         for p in range(P)
     ]

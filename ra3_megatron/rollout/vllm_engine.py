@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup
+from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
 from ra3_megatron.rollout.common import prompt_ids, split_overrides
 from ra3_megatron.rollout.kv_store import PrefixKVStore
 
@@ -123,23 +123,27 @@ class VLLMEngine:
             self.scorer_model = model if self.on_cpu else model.to("cuda")
 
     def generate(
-        self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig
+        self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig | Sequence[SamplingConfig]
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        sp = SamplingParams(
-            n=config.n,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=config.max_tokens,
-            stop=list(config.stop) or None,
-            seed=config.seed,
-            logprobs=0 if config.logprobs else None,
-        )
+        configs = per_prompt(config, len(prompts))
+        sps = [
+            SamplingParams(
+                n=c.n,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                max_tokens=c.max_tokens,
+                stop=list(c.stop) or None,
+                seed=c.seed,
+                logprobs=0 if c.logprobs else None,
+            )
+            for c in configs
+        ]
         reqs = [TokensPrompt(prompt_token_ids=prompt_ids(self.tokenizer, p)) for p in prompts]
         out = []
-        for res in self.llm.generate(reqs, sp, use_tqdm=False):
+        for res, config in zip(self.llm.generate(reqs, sps, use_tqdm=False), configs):
             comps = []
             for c in res.outputs:
                 lps = (

@@ -149,6 +149,14 @@ def test_batched_prompts_sample_as_they_would_alone(hf):
         for p, got in zip(prompts, together):
             hf.store.clear()
             assert same_samples(got, hf.generate([p], cfg)[0], tol=1e-4), p
+    # One config per prompt (own n, own seed), as the E-step asks: still each as alone.
+    each = [SamplingConfig(n=k + 1, temperature=1.0, max_tokens=10, seed=20 + k) for k in range(len(prompts))]
+    hf.store.clear()
+    varied = hf.generate(prompts, each)
+    assert [len(v) for v in varied] == [1, 2, 3, 4]
+    for p, c, got in zip(prompts, each, varied):
+        hf.store.clear()
+        assert same_samples(got, hf.generate([p], c)[0], tol=1e-4), p
     with torch.inference_mode():
         ids = hf.tokenizer.encode(prompts[3], add_special_tokens=False)
         ref = hf.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12, min_new_tokens=12,

@@ -10,7 +10,7 @@ import pytest
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.search import search_snippet
-from ra3_megatron.rollout.base import Completion
+from ra3_megatron.rollout.base import Completion, per_prompt
 
 pytestmark = pytest.mark.unit
 
@@ -33,7 +33,7 @@ class ScriptedEngine:
     def generate(self, prompts, config):
         self.calls["generate"] += 1
         out = []
-        for p in prompts:
+        for p, config in zip(prompts, per_prompt(config, len(prompts))):  # noqa: B020 (one config each)
             self.prompts.append(self.tokenizer.decode(list(p)))
             comps = []
             for i in range(config.n):
