@@ -107,6 +107,9 @@ class HFEngine:
             return probe_logprobs(self.model, ids, positions, tokens, self.store)
 
     def _pick(self, logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
+        """One token per row: inverse-CDF sampling, one uniform draw per row from `gen`
+        (torch.multinomial draws an exponential per vocabulary entry: ~0.2 ms a call on 8k
+        entries, paid per prompt per decode step)."""
         if cfg.temperature <= 0:
             return logits.argmax(-1)
         probs = torch.softmax(logits / cfg.temperature, dim=-1)
@@ -114,7 +117,9 @@ class HFEngine:
             sorted_p, idx = probs.sort(dim=-1, descending=True)
             drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest set reaching top_p
             probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
-        return torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(logits.device)
+        cdf = probs.double().cumsum(-1)
+        u = torch.rand(probs.shape[0], 1, generator=gen, dtype=torch.float64).to(probs.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
 
     # -- scoring ----------------------------------------------------------------------------
     def score_groups(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:

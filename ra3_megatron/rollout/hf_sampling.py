@@ -27,6 +27,81 @@ from ra3_megatron.rollout.common import cut_at_stop
 from ra3_megatron.rollout.kv_store import KV, PrefixKVStore
 
 
+class _GrowingLayer(DynamicLayer):
+    """A decode cache layer with room for `capacity` positions: each step writes its K/V in place
+    and attention reads a view, where DynamicLayer concatenates (copies) the whole cache per step,
+    which dominated the decode loop of a small model over long prompts."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        b, h, n, d = keys.shape
+        self._k = keys.new_empty(b, h, capacity, d)
+        self._v = values.new_empty(b, h, capacity, values.shape[-1])
+        self._k[:, :, :n], self._v[:, :, :n] = keys, values
+        self.n = n
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        s = key_states.shape[-2]
+        if self.n + s > self._k.shape[2]:
+            raise RuntimeError(f"decode cache full: {self.n} + {s} > {self._k.shape[2]}")
+        self._k[:, :, self.n : self.n + s] = key_states
+        self._v[:, :, self.n : self.n + s] = value_states
+        self.n += s
+        self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._k, self._v = self._k.index_select(0, indices), self._v.index_select(0, indices)
+        self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
+
+
+GQA_SDPA = "ra3_sdpa_gqa"
+
+
+def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' sdpa attention without its repeat_kv: with a padding mask it copies every
+    K/V head group-size times per layer per step (the whole decode cache); torch's CPU kernel
+    takes grouped heads directly (`enable_gqa`)."""
+    if attention_mask is not None and attention_mask.ndim == 4:
+        attention_mask = attention_mask[:, :, :, : key.shape[-2]]
+    causal = query.shape[2] > 1 and attention_mask is None and getattr(module, "is_causal", True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=0.0, scale=scaling, is_causal=causal,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface.register(GQA_SDPA, _sdpa_gqa)
+    AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
+
+
+class _attention:
+    """Within the block, the model's attention layers run `name` (a registered implementation)."""
+
+    def __init__(self, model, name: str):
+        self.configs = {id(c): c for c in (model.config, model.get_decoder().config)}.values()
+        self.name = name
+
+    def __enter__(self):
+        self.saved = [c._attn_implementation for c in self.configs]
+        for c in self.configs:
+            c._attn_implementation = self.name
+
+    def __exit__(self, *exc):
+        for c, old in zip(self.configs, self.saved):
+            c._attn_implementation = old
+
+
+_register_attention()
+
+
 def _cache(kv: KV) -> DynamicCache:
     cache = DynamicCache()
     for k, v in kv:
@@ -100,7 +175,8 @@ def sample_batched(
             keys[p, :, L - len(prompts[p]) :] = kv[li][0]
             values[p, :, L - len(prompts[p]) :] = kv[li][1]
         layers.append((keys.index_select(0, owner_dev), values.index_select(0, owner_dev)))
-    cache = _cache(layers)
+    cache = DynamicCache()
+    cache.layers = [_GrowingLayer(k, v, L + cfg.max_tokens) for k, v in layers]
     mask = (torch.arange(L, device=dev)[None, :] >= (L - lens)[:, None]).index_select(0, owner_dev).long()
     pos = lens.index_select(0, owner_dev)
     logits = torch.cat([f.expand(k, -1) for f, k in zip(firsts, ns)])
@@ -131,8 +207,10 @@ def sample_batched(
             nxt, mask, pos = nxt[sel], mask[sel], pos[sel]
             active = [active[j] for j in keep]
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
-                    past_key_values=cache, use_cache=True)
+        with _attention(model, GQA_SDPA if model.config._attn_implementation == "sdpa" else
+                        model.config._attn_implementation):
+            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
+                        past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1].float()
         pos = pos + 1
     return [

@@ -261,3 +261,24 @@ def test_onednn_linears_same_math_and_restored(sharp_model):
     assert len(patched) == 2 * 7 + 1  # per layer q, k, v, o, gate, up, down; plus the head
     assert (got - ref).abs().max().item() <= 1e-4
     assert not [m for m in sharp_model.modules() if "forward" in m.__dict__]
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    """The decode loop's sampler: frequencies over 40k draws match softmax(logits / T), top-p
+    keeps exactly the smallest set reaching p, and a zero-probability token never comes out."""
+    from ra3_megatron.rollout.hf_engine import HFEngine
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5]]).expand(40000, -1)
+    gen = torch.Generator().manual_seed(0)
+    for cfg, want in (
+        (SamplingConfig(temperature=1.0), torch.softmax(logits[0], -1)),
+        (SamplingConfig(temperature=2.0), torch.softmax(logits[0] / 2, -1)),
+    ):
+        freq = torch.bincount(HFEngine._pick(None, logits, cfg, gen), minlength=6).double() / 40000
+        assert torch.allclose(freq, want.double(), atol=0.01), (freq, want)
+        assert freq[4] == 0
+    p = torch.softmax(logits[0], -1)  # top-p 0.8 keeps 0, 1 (0.56 + 0.21 < 0.8) and 5 (+ 0.13 reaches it)
+    freq = torch.bincount(HFEngine._pick(None, logits, SamplingConfig(top_p=0.8), gen), minlength=6).double()
+    kept = torch.tensor([0, 1, 5])
+    assert freq[[2, 3, 4]].sum() == 0
+    assert torch.allclose(freq[kept] / 40000, (p[kept] / p[kept].sum()).double(), atol=0.01)
