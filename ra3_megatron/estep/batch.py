@@ -4,10 +4,9 @@ prompt with its own number of samples), so the rollout engine sees batches (and 
 instead of single calls.
 
 The searches are independent; answers go back in snippet order, so the result for a batch is
-deterministic. A snippet's k-th request is answered in round k whatever its batch, and its
-sampling seed is derived from (cfg.seed, phase, snippet id, round): engines that seed per prompt
-(all three) then give each snippet the same samples whatever else is in its batch, and two
-snippets never share a random stream.
+deterministic. A rollout's sampling seed is derived from (cfg.seed, phase, snippet id, line):
+engines that seed per prompt (all three) then give each snippet the same samples whatever else
+is in its batch and however its requests are scheduled, and no two rollouts share a stream.
 """
 
 from __future__ import annotations
@@ -17,8 +16,15 @@ from collections.abc import Sequence
 
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.pieces import Codec
-from ra3_megatron.estep.probe import probe_logprobs
-from ra3_megatron.estep.search import ProbeRequest, SampleRequest, ScoreRequest, SearchResult, search_steps
+from ra3_megatron.estep.probe import chain_logprobs, probe_logprobs
+from ra3_megatron.estep.search import (
+    ChainRequest,
+    ProbeRequest,
+    SampleRequest,
+    ScoreRequest,
+    SearchResult,
+    search_steps,
+)
 from ra3_megatron.rollout.base import SamplingConfig
 
 
@@ -52,9 +58,7 @@ def run_searches(
 
     for i in range(len(gens)):
         advance(i, None)
-    rounds = 0
     while pending:
-        rounds += 1
         answers: dict[int, object] = {}
         order = sorted(pending)
         by_engine: dict[int, tuple[object, list[int]]] = {}
@@ -67,6 +71,11 @@ def run_searches(
             out = engine.score_groups([pending[i].group for i in idx])
             for i, scores in zip(idx, out):
                 answers[i] = [scores]
+        chains = [i for i in order if isinstance(pending[i], ChainRequest)]
+        if chains:
+            out = chain_logprobs(scorer, [(pending[i].ids, pending[i].start) for i in chains])
+            for i, lps in zip(chains, out):
+                answers[i] = lps
         probes = [i for i in order if isinstance(pending[i], ProbeRequest)]
         if probes:
             out = probe_logprobs(sampler, [(pending[i].ids, pending[i].positions, pending[i].tokens) for i in probes])
@@ -77,7 +86,7 @@ def run_searches(
             # One call for every prompt of the round, each with its own n and its own seed.
             configs = [
                 SamplingConfig(n=pending[i].n, temperature=cfg.temperature, max_tokens=cfg.max_latent_tokens,
-                               stop=("\n",), seed=_seed(cfg.seed, phase, jobs[i][0], rounds))
+                               stop=("\n",), seed=_seed(cfg.seed, phase, jobs[i][0], pending[i].line))
                 for i in idx
             ]
             out = sampler.generate([list(pending[i].prompt) for i in idx], configs)

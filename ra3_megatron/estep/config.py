@@ -35,6 +35,7 @@ class EStepConfig:
     decision: Literal["sample", "force"] = "sample"
     think_floor: float = 0.0  # lower bound on q's think probability when sampling decisions (ours)
     probe: bool = True  # read all decisions of a snippet from one pass (until a thought is inserted)
+    chain: bool = True  # read <act>'s horizon scores from one pass of pi, likewise (search.py)
     advantage: Literal["rloo", "grpo"] = "rloo"
     # --- RL on q ---
     rl_steps: int = 2

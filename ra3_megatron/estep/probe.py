@@ -11,6 +11,8 @@ Engines answer probes through, in order of preference:
   applied only at the probed positions;
 - `score_groups`, one group per position (exact, but a pass over each prefix: the fallback for
   engines whose prefix cache makes that cheap, like vLLM, and for the fake engine).
+`chain_logprobs` is the same idea under pi: the log-probs of the code itself along the snippet,
+which are the `<act>` option's horizon scores for every position until a thought is inserted.
 """
 
 from __future__ import annotations
@@ -46,6 +48,19 @@ def probe_logprobs(engine, probes: Sequence[tuple[Sequence[int], Sequence[int], 
         out.append(flat[k : k + n])
         k += n
     return out
+
+
+def chain_logprobs(engine, requests: Sequence[tuple[Sequence[int], int]]) -> list[list[float]]:
+    """For each (ids, start): log p(ids[i] | ids[:i]) for i in [start, len(ids)).
+
+    Through the engine's `sequence_logprobs(ids, start)` when it has one (the transformers
+    backend: one pass, from its prefix store), else one `score_groups` group per request.
+    """
+    method = getattr(engine, "sequence_logprobs", None)
+    if method is not None:
+        return [list(method(ids, start)) for ids, start in requests]
+    groups = [ScoreGroup(tuple(ids[:start]), (ScoreOption((), tuple(ids[start:])),)) for ids, start in requests]
+    return [g[0] for g in engine.score_groups(groups)] if groups else []
 
 
 def _hf_probe(model, ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int]) -> list[float]:

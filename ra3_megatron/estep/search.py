@@ -7,7 +7,10 @@ seeded random `position_fraction` of them):
 2. rollout: the thoughts are sampled from q after "{prefix}\\n{indent}#" (temperature, stop at a
    newline, at most `max_latent_tokens`); empty, over-long or multi-line samples fail (reward -c);
 3. scoring under the fixed pi: l(z) = log pi(next tau pieces | prefix, z) for `<act>` and each
-   distinct thought; gain = l(z) - l(act) (per horizon token, or summed); r = gain - c;
+   distinct thought; gain = l(z) - l(act) (per horizon token, or summed); r = gain - c. `<act>`'s
+   horizon is the code itself, so with `cfg.chain` its scores for all later positions come from
+   one pass of pi over the rest of the snippet (`ChainRequest`, again after each inserted
+   thought) instead of one option per rollout: a rollout's scoring then runs only its thoughts;
 4. the best option is kept (`<act>` wins ties) and becomes part of the prefix.
 Each position with a rollout becomes an RL group {act, z_1..z_k} with group-relative
 advantages: the training examples of `estep.rl`.
@@ -52,9 +55,20 @@ class ProbeRequest:
 
 
 @dataclass(frozen=True)
+class ChainRequest:
+    """log pi(ids[i] | ids[:i]) for i >= start: the `<act>` option's scores for every later
+    position at once (its horizon is the snippet's own next lines), valid until a thought is
+    inserted."""
+
+    ids: tuple[int, ...]
+    start: int
+
+
+@dataclass(frozen=True)
 class SampleRequest:
     prompt: tuple[int, ...]
     n: int
+    line: int  # the position's line: with the snippet id it seeds the samples
 
 
 @dataclass
@@ -97,7 +111,7 @@ def _thought_text(c: Completion, max_tokens: int) -> str | None:
     return validate_thought_text(text)
 
 
-SearchGen = Generator[ScoreRequest | SampleRequest | ProbeRequest, object, SearchResult]
+SearchGen = Generator[ScoreRequest | SampleRequest | ProbeRequest | ChainRequest, object, SearchResult]
 
 
 def _probe_request(prefix, pieces, piece_ids, markers, k, chosen_lines):
@@ -142,6 +156,7 @@ def search_steps(
             marker = codec.encode(think_marker(pieces[k]))
             markers[k] = (marker, codec.decision_index(marker))
     probed: dict[int, float] = {}  # line -> log q("#"), valid while the prefix has no new thought
+    chain: dict = {}  # "start", "lps": log pi of prefix + remaining pieces from start; same validity
     for k in range(1, len(pieces)):
         piece = pieces[k]
         if piece.line in chosen_lines:
@@ -164,14 +179,22 @@ def search_steps(
                 stats.think_prob_sum += p_think
                 n_think = int(rng.binomial(cfg.samples, p_think))
             if n_think:
+                act_lps = None
+                if cfg.chain:
+                    if not chain:
+                        rest = tuple(i for ids in piece_ids[k:] for i in ids)
+                        chain.update(start=len(prefix), lps=list((yield ChainRequest((*prefix, *rest), len(prefix)))))
+                    at = len(prefix) - chain["start"]
+                    act_lps = chain["lps"][at : at + len(target)]
                 group = yield from _rollout(
-                    tuple(prefix), piece, piece_ids[k], target, marker, d_marker, n_think, codec, cfg, stats
+                    tuple(prefix), piece, piece_ids[k], target, marker, d_marker, n_think, codec, cfg, stats, act_lps
                 )
                 if keep_groups:
                     groups.append(group)
                 best = group.options[group.chosen]
                 if best.kind == "think":
                     probed.clear()  # later decisions now see the thought in their prefix
+                    chain.clear()
                     thoughts.append(Thought(line=piece.line, text=best.text, gain=best.gain))
                     middle = codec.encode(thought_middle(best.text, piece))
                     prefix.extend(middle)
@@ -181,11 +204,12 @@ def search_steps(
     return SearchResult(infused=infused, groups=groups, stats=stats)
 
 
-def _rollout(prefix, piece, piece_ids, target, marker, d_marker, n_think, codec, cfg, stats):
-    """Sample n_think thoughts, score them and `<act>` under pi, and build the position's group."""
+def _rollout(prefix, piece, piece_ids, target, marker, d_marker, n_think, codec, cfg, stats, act_lps=None):
+    """Sample n_think thoughts, score them and `<act>` under pi (or take `<act>`'s target
+    log-probs from `act_lps`), and build the position's group."""
     stats.rollouts += 1
     prompt = (*marker, *codec.encode(" ")) if cfg.prompt_space else marker
-    completions = yield SampleRequest((*prefix, *prompt), n_think)
+    completions = yield SampleRequest((*prefix, *prompt), n_think, piece.line)
     d_act = codec.decision_index(piece_ids)
     act = Option(kind="act", ids=tuple(piece_ids[: d_act + 1]), loss_start=min(d_act, len(piece_ids) - 1),
                  reward=0.0)
@@ -207,9 +231,11 @@ def _rollout(prefix, piece, piece_ids, target, marker, d_marker, n_think, codec,
                               reward=0.0, text=text))
     gains: dict[str, float] = {}
     if middles:
-        score_options = (ScoreOption((), target), *(ScoreOption(m, target) for m in middles.values()))
+        score_options = tuple(ScoreOption(m, target) for m in middles.values())
+        if act_lps is None:
+            score_options = (ScoreOption((), target), *score_options)
         scores = yield ScoreRequest("pi", ScoreGroup(prefix, score_options))
-        sums = [float(sum(s)) for s in scores[0]]
+        sums = [float(sum(s)) for s in ([act_lps] if act_lps is not None else []) + list(scores[0])]
         for j, text in enumerate(middles):
             gains[text] = float(gain(sums[j + 1], sums[0], len(target), cfg.gain_norm))
     raw = [gains.get(o.text) if o.kind == "think" and o.text is not None else None for o in options[1:]]

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ra3_megatron.errors import InputError
 from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
 from ra3_megatron.rollout.common import prompt_ids, split_overrides
-from ra3_megatron.rollout.hf_sampling import probe_logprobs, sample_batched
+from ra3_megatron.rollout.hf_sampling import probe_logprobs, sample_batched, sequence_logprobs
 from ra3_megatron.rollout.kv_store import PrefixKVStore
 from ra3_megatron.rollout.onednn import onednn_linears
 from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_naive, score_groups_prefix_cache
@@ -105,6 +105,11 @@ class HFEngine:
         over ids whose K/V the store keeps for the thought prompts that follow."""
         with torch.inference_mode(), onednn_linears(self.model, self.config.onednn):
             return probe_logprobs(self.model, ids, positions, tokens, self.store)
+
+    def sequence_logprobs(self, ids: Sequence[int], start: int) -> list[float]:
+        """log p(ids[i] | ids[:i]) for i >= start, from one pass: the E-step's `<act>` scores."""
+        with torch.inference_mode(), onednn_linears(self.model, self.config.onednn):
+            return sequence_logprobs(self.model, ids, start, self.store)
 
     def _pick(self, logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
         """One token per row: inverse-CDF sampling, one uniform draw per row from `gen`

@@ -145,6 +145,26 @@ def probe_logprobs(model, ids: Sequence[int], positions: Sequence[int], tokens: 
     return lp[:, 0].tolist()
 
 
+def sequence_logprobs(model, ids: Sequence[int], start: int, store: PrefixKVStore | None,
+                      head_chunk: int = 256) -> list[float]:
+    """log p(ids[i] | ids[:i]) for i in [start, len(ids)), from one pass (past what the store
+    holds); the head runs in chunks of `head_chunk` positions (a [chunk, vocab] block)."""
+    if start < 1 or start > len(ids):
+        raise ValueError(f"sequence_logprobs: start must be in [1, {len(ids)}], got {start}")
+    if start == len(ids):
+        return []
+    dev = model.device
+    hidden, c, _ = _forward_with_store(model, ids[:-1], store, keep=len(ids) - start)
+    hidden = hidden[start - 1 - c :]
+    tgt = torch.tensor(list(ids[start:]), device=dev)
+    head = model.get_output_embeddings()
+    out = []
+    for a in range(0, len(tgt), head_chunk):
+        logits = head(hidden[a : a + head_chunk]).float()
+        out.append(torch.log_softmax(logits, -1).gather(1, tgt[a : a + head_chunk, None])[:, 0])
+    return torch.cat(out).tolist()
+
+
 def sample_batched(
     model, tokenizer, prompts: Sequence[list[int]], ns: Sequence[int], cfg: SamplingConfig,
     gens: Sequence[torch.Generator],

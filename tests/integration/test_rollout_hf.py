@@ -174,6 +174,10 @@ def test_prompts_reuse_stored_prefixes_and_probes_agree_with_scores(hf):
     for p, t, x in zip(positions, tokens, lp):
         ref = hf.score_groups([ScoreGroup(prefix=tuple(ids[:p]), options=(ScoreOption((), (t,)),))])[0][0][0]
         assert x == pytest.approx(ref, abs=1e-4)
+    for start in (1, 5, len(ids) - 1):  # the E-step's <act> chain: the code's own log-probs
+        chain = hf.sequence_logprobs(ids, start)
+        ref = hf.score_groups([ScoreGroup(prefix=tuple(ids[:start]), options=(ScoreOption((), tuple(ids[start:])),))])
+        assert chain == pytest.approx(ref[0][0], abs=1e-4) and len(chain) == len(ids) - start
     hf.store.clear()
     hf.token_logprobs_at(ids, positions, tokens)
     before = hf.store.reused_tokens
