@@ -205,15 +205,19 @@ def sample_batched(
     toks: list[list[int]] = [[] for _ in range(R)]
     lps: list[list[float]] = [[] for _ in range(R)]
     texts, done = [""] * R, [False] * R
-    active = list(range(R))  # rows still in the batch, in batch order
+    # Rows in the batch, in batch order. A finished row stays (its steps are wasted, its draws
+    # skipped) until a quarter of the batch has finished: compacting copies the whole cache.
+    active = list(range(R))
     for _ in range(cfg.max_tokens):
-        nxt = torch.empty(len(active), dtype=torch.long, device=dev)
-        for p in range(P):  # each prompt's rows with its own generator, as for a prompt alone
-            rows = [j for j, r in enumerate(active) if owner_of[r] == p]
+        nxt = torch.zeros(len(active), dtype=torch.long, device=dev)
+        for p in range(P):  # each prompt's live rows with its own generator, as for a prompt alone
+            rows = [j for j, r in enumerate(active) if owner_of[r] == p and not done[r]]
             if rows:
                 nxt[rows] = pick(logits[rows], cfg, gens[p])
         lp = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0].tolist()
         for j, (r, t) in enumerate(zip(active, nxt.tolist())):
+            if done[r]:
+                continue
             toks[r].append(t)
             lps[r].append(lp[j])
             texts[r], hit = cut_at_stop(tokenizer.decode(toks[r], skip_special_tokens=True), cfg.stop)
@@ -221,7 +225,7 @@ def sample_batched(
         keep = [j for j, r in enumerate(active) if not done[r]]
         if not keep:
             break
-        if len(keep) < len(active):
+        if len(active) - len(keep) >= max(1, len(active) // 4):
             sel = torch.tensor(keep, device=dev)
             cache.batch_select_indices(sel)
             nxt, mask, pos = nxt[sel], mask[sel], pos[sel]
