@@ -18,6 +18,7 @@ from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.pieces import Codec
 from ra3_megatron.estep.probe import chain_logprobs, probe_logprobs
 from ra3_megatron.estep.search import (
+    Bundle,
     ChainRequest,
     ProbeRequest,
     SampleRequest,
@@ -47,7 +48,7 @@ def run_searches(
     codec = codec or Codec(sampler.tokenizer)
     gens = [search_steps(sid, text, codec, cfg, phase=phase, keep_groups=keep_groups) for sid, text in jobs]
     results: list[SearchResult | None] = [None] * len(gens)
-    pending: dict[int, ScoreRequest | SampleRequest] = {}
+    pending: dict[int, object] = {}  # search index -> its request (or Bundle of requests)
 
     def advance(i: int, answer: object) -> None:
         try:
@@ -59,39 +60,38 @@ def run_searches(
     for i in range(len(gens)):
         advance(i, None)
     while pending:
-        answers: dict[int, object] = {}
-        order = sorted(pending)
+        # Every request of the round, bundles flattened: (search index, request), in order.
+        flat = [(i, r) for i in sorted(pending)
+                for r in (pending[i].requests if isinstance(pending[i], Bundle) else (pending[i],))]
+        answers: list[object] = [None] * len(flat)
         by_engine: dict[int, tuple[object, list[int]]] = {}
-        for i in order:
-            req = pending[i]
+        for f, (_, req) in enumerate(flat):
             if isinstance(req, ScoreRequest):
                 engine = sampler if req.engine == "q" else scorer
-                by_engine.setdefault(id(engine), (engine, []))[1].append(i)
+                by_engine.setdefault(id(engine), (engine, []))[1].append(f)
         for engine, idx in by_engine.values():
-            out = engine.score_groups([pending[i].group for i in idx])
-            for i, scores in zip(idx, out):
-                answers[i] = [scores]
-        chains = [i for i in order if isinstance(pending[i], ChainRequest)]
-        if chains:
-            out = chain_logprobs(scorer, [(pending[i].ids, pending[i].start) for i in chains])
-            for i, lps in zip(chains, out):
-                answers[i] = lps
-        probes = [i for i in order if isinstance(pending[i], ProbeRequest)]
-        if probes:
-            out = probe_logprobs(sampler, [(pending[i].ids, pending[i].positions, pending[i].tokens) for i in probes])
-            for i, lps in zip(probes, out):
-                answers[i] = lps
-        idx = [i for i in order if isinstance(pending[i], SampleRequest)]
-        if idx:
+            for f, scores in zip(idx, engine.score_groups([flat[f][1].group for f in idx])):
+                answers[f] = [scores]
+        chains = [f for f, (_, req) in enumerate(flat) if isinstance(req, ChainRequest)]
+        for f, lps in zip(chains, chain_logprobs(scorer, [(flat[f][1].ids, flat[f][1].start) for f in chains])):
+            answers[f] = lps
+        probes = [f for f, (_, req) in enumerate(flat) if isinstance(req, ProbeRequest)]
+        out = probe_logprobs(sampler, [(flat[f][1].ids, flat[f][1].positions, flat[f][1].tokens) for f in probes])
+        for f, lps in zip(probes, out):
+            answers[f] = lps
+        samples = [f for f, (_, req) in enumerate(flat) if isinstance(req, SampleRequest)]
+        if samples:
             # One call for every prompt of the round, each with its own n and its own seed.
             configs = [
-                SamplingConfig(n=pending[i].n, temperature=cfg.temperature, max_tokens=cfg.max_latent_tokens,
-                               stop=("\n",), seed=_seed(cfg.seed, phase, jobs[i][0], pending[i].line))
-                for i in idx
+                SamplingConfig(n=flat[f][1].n, temperature=cfg.temperature, max_tokens=cfg.max_latent_tokens,
+                               stop=("\n",), seed=_seed(cfg.seed, phase, jobs[flat[f][0]][0], flat[f][1].line))
+                for f in samples
             ]
-            out = sampler.generate([list(pending[i].prompt) for i in idx], configs)
-            for i, completions in zip(idx, out):
-                answers[i] = completions
-        for i in order:
-            advance(i, answers[i])
+            for f, completions in zip(samples, sampler.generate([list(flat[f][1].prompt) for f in samples], configs)):
+                answers[f] = completions
+        by_search: dict[int, list[object]] = {}
+        for (i, _), answer in zip(flat, answers):
+            by_search.setdefault(i, []).append(answer)
+        for i, got in by_search.items():
+            advance(i, tuple(got) if isinstance(pending[i], Bundle) else got[0])
     return [r for r in results if r is not None]

@@ -36,6 +36,10 @@ class EStepConfig:
     think_floor: float = 0.0  # lower bound on q's think probability when sampling decisions (ours)
     probe: bool = True  # read all decisions of a snippet from one pass (until a thought is inserted)
     chain: bool = True  # read <act>'s horizon scores from one pass of pi, likewise (search.py)
+    # Rollouts sampled and scored together per snippet, as if no thought were chosen in between;
+    # a chosen thought drops (and later redoes) the window's later ones. 1: strictly one at a
+    # time. Larger windows mean fewer, fuller engine calls. (ours)
+    lookahead: int = 8
     advantage: Literal["rloo", "grpo"] = "rloo"
     # --- RL on q ---
     rl_steps: int = 2
@@ -55,7 +59,7 @@ class EStepConfig:
     def __post_init__(self) -> None:
         if not math.isfinite(self.penalty) or self.penalty < 0:
             raise ConfigError(f"penalty c must be a finite number >= 0, got {self.penalty}")
-        for name in ("samples", "horizon", "max_latent_tokens", "batch_snippets", "shard_size",
+        for name in ("samples", "horizon", "max_latent_tokens", "batch_snippets", "shard_size", "lookahead",
                      "micro_batch", "max_snippet_tokens", "max_rl_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -65,6 +65,13 @@ class ChainRequest:
 
 
 @dataclass(frozen=True)
+class Bundle:
+    """Several requests at once; answered by a tuple of their answers, in order."""
+
+    requests: tuple
+
+
+@dataclass(frozen=True)
 class SampleRequest:
     prompt: tuple[int, ...]
     n: int
@@ -111,7 +118,7 @@ def _thought_text(c: Completion, max_tokens: int) -> str | None:
     return validate_thought_text(text)
 
 
-SearchGen = Generator[ScoreRequest | SampleRequest | ProbeRequest | ChainRequest, object, SearchResult]
+SearchGen = Generator[ScoreRequest | SampleRequest | ProbeRequest | ChainRequest | Bundle, object, SearchResult]
 
 
 def _probe_request(prefix, pieces, piece_ids, markers, k, chosen_lines):
@@ -157,59 +164,109 @@ def search_steps(
             markers[k] = (marker, codec.decision_index(marker))
     probed: dict[int, float] = {}  # line -> log q("#"), valid while the prefix has no new thought
     chain: dict = {}  # "start", "lps": log pi of prefix + remaining pieces from start; same validity
-    for k in range(1, len(pieces)):
-        piece = pieces[k]
-        if piece.line in chosen_lines:
-            stats.positions += 1
-            target = tuple(i for ids in piece_ids[k : k + cfg.horizon] for i in ids)
-            marker, d_marker = markers[k]
-            n_think = cfg.samples
-            if cfg.decision == "sample":
-                if piece.line not in probed and cfg.probe:
-                    request, lines = _probe_request(prefix, pieces, piece_ids, markers, k, chosen_lines)
-                    if lines:
-                        probed.update(zip(lines, (yield request)))
-                if piece.line in probed:
-                    lp_think = probed[piece.line]
-                else:
-                    context = (*prefix, *marker[:d_marker])
-                    lp = yield ScoreRequest("q", ScoreGroup(context, (ScoreOption((), marker[d_marker:]),)))
-                    lp_think = float(sum(lp[0][0]))
-                p_think = max(math.exp(min(0.0, lp_think)), cfg.think_floor)
-                stats.think_prob_sum += p_think
-                n_think = int(rng.binomial(cfg.samples, p_think))
-            if n_think:
+    k = 1
+    while k < len(pieces):
+        # 1. Plan pieces k.. up to the window's `lookahead`-th rollout: decisions drawn as if no
+        #    thought were chosen in between (speculation: thoughts are rare).
+        plan: list[tuple[int, int, float | None, int]] = []  # (piece, n_think, p_think, prefix length)
+        ctx, j, rollouts = list(prefix), k, 0
+        while j < len(pieces) and rollouts < cfg.lookahead:
+            if pieces[j].line in chosen_lines:
+                marker, d_marker = markers[j]
+                n_think, p_think = cfg.samples, None
+                if cfg.decision == "sample":
+                    if pieces[j].line not in probed and cfg.probe:
+                        request, lines = _probe_request(ctx, pieces, piece_ids, markers, j, chosen_lines)
+                        if lines:
+                            probed.update(zip(lines, (yield request)))
+                    if pieces[j].line in probed:
+                        lp_think = probed[pieces[j].line]
+                    else:
+                        context = (*ctx, *marker[:d_marker])
+                        lp = yield ScoreRequest("q", ScoreGroup(context, (ScoreOption((), marker[d_marker:]),)))
+                        lp_think = float(sum(lp[0][0]))
+                    p_think = max(math.exp(min(0.0, lp_think)), cfg.think_floor)
+                    n_think = int(rng.binomial(cfg.samples, p_think))
+                plan.append((j, n_think, p_think, len(ctx)))
+                rollouts += n_think > 0
+            ctx.extend(piece_ids[j])
+            j += 1
+        end = j
+        # 2. The window's rollouts at once: one bundle of samples, then one of scores.
+        todo = [(j, n, length) for j, n, _, length in plan if n]
+        if todo and cfg.chain and not chain:
+            rest = tuple(i for ids in piece_ids[k:] for i in ids)
+            chain.update(start=len(prefix), lps=list((yield ChainRequest((*prefix, *rest), len(prefix)))))
+        drafts = {}
+        if todo:
+            prompts = [(*ctx[:length], *_sample_prompt(markers[j][0], codec, cfg)) for j, _, length in todo]
+            answers = yield Bundle(tuple(SampleRequest(pr, n, pieces[j].line) for pr, (j, n, _) in zip(prompts, todo)))
+            for (j, _, length), completions in zip(todo, answers):
+                target = tuple(i for ids in piece_ids[j : j + cfg.horizon] for i in ids)
                 act_lps = None
                 if cfg.chain:
-                    if not chain:
-                        rest = tuple(i for ids in piece_ids[k:] for i in ids)
-                        chain.update(start=len(prefix), lps=list((yield ChainRequest((*prefix, *rest), len(prefix)))))
-                    at = len(prefix) - chain["start"]
+                    at = length - chain["start"]
                     act_lps = chain["lps"][at : at + len(target)]
-                group = yield from _rollout(
-                    tuple(prefix), piece, piece_ids[k], target, marker, d_marker, n_think, codec, cfg, stats, act_lps
-                )
-                if keep_groups:
-                    groups.append(group)
-                best = group.options[group.chosen]
-                if best.kind == "think":
-                    probed.clear()  # later decisions now see the thought in their prefix
-                    chain.clear()
-                    thoughts.append(Thought(line=piece.line, text=best.text, gain=best.gain))
-                    middle = codec.encode(thought_middle(best.text, piece))
-                    prefix.extend(middle)
-                    stats.add_chosen(best, len(middle) - d_marker)  # "# text": the marker and the text
-        prefix.extend(piece_ids[k])
+                drafts[j] = _draft(tuple(ctx[:length]), pieces[j], piece_ids[j], target, markers[j], completions,
+                                   codec, cfg, act_lps)
+            scoring = [d for d in drafts.values() if d.request is not None]
+            if scoring:
+                answers = yield Bundle(tuple(d.request for d in scoring))
+                for d, scores in zip(scoring, answers):
+                    d.scores = scores
+        # 3. Commit left to right; a chosen thought invalidates the rest of the window.
+        planned = {j: (n, p) for j, n, p, _ in plan}
+        start, k = k, end
+        for i in range(start, end):
+            if i in planned:
+                n_think, p_think = planned[i]
+                stats.positions += 1
+                if p_think is not None:
+                    stats.think_prob_sum += p_think
+                if n_think:
+                    group = _finish(drafts.pop(i), cfg, stats)
+                    if keep_groups:
+                        groups.append(group)
+                    best = group.options[group.chosen]
+                    if best.kind == "think":
+                        probed.clear()  # later decisions now see the thought in their prefix
+                        chain.clear()
+                        thoughts.append(Thought(line=pieces[i].line, text=best.text, gain=best.gain))
+                        middle = codec.encode(thought_middle(best.text, pieces[i]))
+                        prefix.extend(middle)
+                        stats.add_chosen(best, len(middle) - markers[i][1])  # "# text": marker and text
+                        prefix.extend(piece_ids[i])
+                        stats.discarded += len(drafts)  # speculative rollouts after it: redone
+                        k = i + 1
+                        break
+            prefix.extend(piece_ids[i])
     infused = InfusedSnippet(id=snippet_id, text=text, thoughts=tuple(thoughts))
     return SearchResult(infused=infused, groups=groups, stats=stats)
 
 
-def _rollout(prefix, piece, piece_ids, target, marker, d_marker, n_think, codec, cfg, stats, act_lps=None):
-    """Sample n_think thoughts, score them and `<act>` under pi (or take `<act>`'s target
-    log-probs from `act_lps`), and build the position's group."""
-    stats.rollouts += 1
-    prompt = (*marker, *codec.encode(" ")) if cfg.prompt_space else marker
-    completions = yield SampleRequest((*prefix, *prompt), n_think, piece.line)
+def _sample_prompt(marker, codec, cfg) -> tuple[int, ...]:
+    return (*marker, *codec.encode(" ")) if cfg.prompt_space else tuple(marker)
+
+
+@dataclass
+class _Draft:
+    """A rollout between its samples and its commit: options built, thoughts awaiting scores."""
+
+    prefix: tuple[int, ...]
+    piece: object
+    target: tuple[int, ...]
+    options: list[Option]
+    middles: dict[str, tuple[int, ...]]
+    act_lps: list[float] | None
+    request: ScoreRequest | None
+    scores: object = None
+
+
+def _draft(prefix, piece, piece_ids, target, marker_info, completions, codec, cfg, act_lps) -> _Draft:
+    """The position's options from q's samples, and the ScoreRequest for its distinct valid
+    thoughts (with `<act>` unless its scores come from the chain)."""
+    marker, d_marker = marker_info
+    prompt = _sample_prompt(marker, codec, cfg)
     d_act = codec.decision_index(piece_ids)
     act = Option(kind="act", ids=tuple(piece_ids[: d_act + 1]), loss_start=min(d_act, len(piece_ids) - 1),
                  reward=0.0)
@@ -217,10 +274,8 @@ def _rollout(prefix, piece, piece_ids, target, marker, d_marker, n_think, codec,
     options: list[Option] = [act]
     middles: dict[str, tuple[int, ...]] = {}  # distinct valid thoughts -> their middle ids
     for c in completions:
-        stats.sampled += 1
         text = _thought_text(c, cfg.max_latent_tokens)
         if text is None:
-            stats.failed += 1
             options.append(Option(kind="think", ids=(*prompt, *c.token_ids), loss_start=d_marker,
                                   reward=-cfg.penalty))
             continue
@@ -229,23 +284,32 @@ def _rollout(prefix, piece, piece_ids, target, marker, d_marker, n_think, codec,
         mid = middles[text]
         options.append(Option(kind="think", ids=(*mid, *end), loss_start=codec.decision_index(mid),
                               reward=0.0, text=text))
-    gains: dict[str, float] = {}
+    request = None
     if middles:
         score_options = tuple(ScoreOption(m, target) for m in middles.values())
         if act_lps is None:
             score_options = (ScoreOption((), target), *score_options)
-        scores = yield ScoreRequest("pi", ScoreGroup(prefix, score_options))
-        sums = [float(sum(s)) for s in ([act_lps] if act_lps is not None else []) + list(scores[0])]
-        for j, text in enumerate(middles):
-            gains[text] = float(gain(sums[j + 1], sums[0], len(target), cfg.gain_norm))
-    raw = [gains.get(o.text) if o.kind == "think" and o.text is not None else None for o in options[1:]]
+        request = ScoreRequest("pi", ScoreGroup(prefix, score_options))
+    return _Draft(prefix, piece, target, options, middles, act_lps, request)
+
+
+def _finish(d: _Draft, cfg: EStepConfig, stats: SearchStats) -> PositionGroup:
+    """Gains, rewards and advantages of a committed rollout, and its group."""
+    stats.rollouts += 1
+    stats.sampled += len(d.options) - 1
+    stats.failed += sum(o.kind == "think" and o.text is None for o in d.options)
+    gains: dict[str, float] = {}
+    if d.middles:
+        sums = [float(sum(s)) for s in ([d.act_lps] if d.act_lps is not None else []) + list(d.scores[0])]
+        for j, text in enumerate(d.middles):
+            gains[text] = float(gain(sums[j + 1], sums[0], len(d.target), cfg.gain_norm))
+    raw = [gains.get(o.text) if o.kind == "think" and o.text is not None else None for o in d.options[1:]]
     rewards = option_rewards(raw, cfg.penalty)
     advantages = group_advantages(rewards, cfg.advantage)
-    for o, g, r, a in zip(options, [None, *raw], rewards, advantages):
+    for o, g, r, a in zip(d.options, [None, *raw], rewards, advantages):
         o.gain, o.reward, o.advantage = g, float(r), float(a)
-    stats.add_group(options)
-    chosen = choose_option(rewards)
-    return PositionGroup(line=piece.line, prefix=prefix, options=options, chosen=chosen)
+    stats.add_group(d.options)
+    return PositionGroup(line=d.piece.line, prefix=d.prefix, options=d.options, chosen=choose_option(rewards))
 
 
 def search_snippet(snippet_id: str, text: str, *, sampler, scorer, cfg: EStepConfig, phase: str = "infuse",

@@ -7,7 +7,9 @@ Derived figures (the spec's list):
 - mean_gain: mean gain of the chosen thoughts (always > c by construction);
 - rollout_share: share of visited positions that needed a full rollout (sampling + scoring);
 - reward: mean reward of the chosen option per visited position (act = 0): the E-step objective;
-  sample_reward / sample_gain: mean reward / gain of q's sampled thoughts (what RL improves).
+  sample_reward / sample_gain: mean reward / gain of q's sampled thoughts (what RL improves);
+- discarded_share: speculative rollouts dropped (a thought was chosen before them in their
+  lookahead window) over all rollouts run: the compute the window wastes.
 Writers: stats.json, TensorBoard scalars (when tensorboard is installed), report.md.
 """
 
@@ -36,6 +38,7 @@ class SearchStats:
     chosen_tokens_sum: int = 0
     chosen_reward_sum: float = 0.0
     think_prob_sum: float = 0.0
+    discarded: int = 0  # speculative rollouts dropped because a thought was chosen before them
 
     def add_group(self, options) -> None:
         for o in options[1:]:
@@ -78,6 +81,7 @@ class SearchStats:
             "sample_gain": ratio(self.sample_gain_sum, self.scored),
             "fail_rate": ratio(self.failed, self.sampled),
             "think_prob": ratio(self.think_prob_sum, self.positions),
+            "discarded_share": ratio(self.discarded, self.rollouts + self.discarded),
         }
 
 

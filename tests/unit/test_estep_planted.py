@@ -114,3 +114,47 @@ def test_act_scores_from_one_chain_pass_equal_scoring_act_per_rollout(planted):
         assert [len(g.options) for g in a.groups] == [len(g.options) for g in b.groups]
         assert [o.reward for g in a.groups for o in g.options] == pytest.approx(
             [o.reward for g in b.groups for o in g.options], abs=1e-9)
+
+
+def _prefix_ids(codec, text, thoughts, line):
+    """The token ids before `line` with the chosen thoughts inserted, as the search builds them."""
+    from ra3_megatron.estep.pieces import cut_pieces, thought_middle
+
+    by_line = {t.line: t.text for t in thoughts}
+    ids = []
+    for p in cut_pieces(text):
+        if p.line == line:
+            return tuple(ids)
+        if p.line in by_line:
+            ids += codec.encode(thought_middle(by_line[p.line], p))
+        ids += codec.encode(p.text)
+    raise AssertionError(f"no line {line}")
+
+
+@pytest.mark.parametrize("lookahead", [1, 3, 8])
+def test_speculative_windows_commit_only_rollouts_that_saw_every_earlier_thought(planted, lookahead):
+    """A window's rollouts are sampled as if no thought came before them; a chosen thought must
+    drop the rest, so every committed group's prefix holds all thoughts chosen before its line."""
+    from ra3_megatron.estep.pieces import Codec
+
+    engine, _, jobs = planted
+    _, results, total = _run(planted, penalty=0.01, lookahead=lookahead, decision="sample", think_floor=0.3)
+    codec = Codec(engine.tokenizer)
+    assert total.chosen > 5
+    assert (total.discarded > 0) == (lookahead > 1)
+    for (_, text), r in zip(jobs, results):
+        earlier = [t for t in r.infused.thoughts]
+        for g in r.groups:
+            assert g.prefix == _prefix_ids(codec, text, [t for t in earlier if t.line < g.line], g.line)
+
+
+def test_without_chosen_thoughts_a_window_equals_one_rollout_at_a_time(planted):
+    """No thought chosen (large c): nothing is dropped and the windowed search is the sequential
+    one exactly (samples are seeded by snippet and line, not by schedule)."""
+    _, wide, w_stats = _run(planted, penalty=5.0, lookahead=8, decision="sample", think_floor=0.3)
+    _, one, o_stats = _run(planted, penalty=5.0, lookahead=1, decision="sample", think_floor=0.3)
+    assert w_stats.discarded == 0 and w_stats.rollouts == o_stats.rollouts > 10
+    assert w_stats.to_dict() == pytest.approx(o_stats.to_dict())
+    for a, b in zip(wide, one):
+        assert [(g.line, [o.ids for o in g.options], [o.reward for o in g.options]) for g in a.groups] == \
+            [(g.line, [o.ids for o in g.options], [o.reward for o in g.options]) for g in b.groups]

@@ -102,8 +102,10 @@ def test_a_large_penalty_never_thinks(tiny_tokenizer):
 
 
 def test_thoughts_persist_in_later_prefixes(tiny_tokenizer):
+    """The engine's prompt stream, one rollout at a time (a wider lookahead also sends the
+    speculative prompts it later drops; test_estep_planted covers what it commits)."""
     engine = ScriptedEngine(tiny_tokenizer, bonus=0.5)
-    _search(engine, penalty=0.1)
+    _search(engine, penalty=0.1, lookahead=1)
     assert "# good idea" not in engine.prompts[0]
     assert engine.prompts[1].endswith("# good idea\n    x = a + b\n    #")
     assert engine.score_prefixes[-1].count("# good idea") == 3
