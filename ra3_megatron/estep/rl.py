@@ -176,6 +176,9 @@ def run_rl(
         for r in results:
             stats.merge(r.stats)
         examples = examples_from_groups((g for r in results for g in r.groups), cfg.max_rl_tokens)
+        # Shortest first: the trainer's update slices then hold rows of similar length, so
+        # trimming each slice after its last loss position leaves little padding to compute.
+        examples.sort(key=lambda e: len(e.tokens))
         record: dict[str, Any] = {"step": step, **stats.summary(), "groups": sum(len(r.groups) for r in results),
                                   "examples": len(examples)}
         if examples:
