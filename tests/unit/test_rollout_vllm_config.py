@@ -1,0 +1,20 @@
+"""vLLM engine settings that need no vLLM: the default context length."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ra3_megatron.rollout.vllm_engine import model_context_length
+
+pytestmark = pytest.mark.unit
+
+
+def test_context_length_is_the_models_own_capped(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 2048}))
+    assert model_context_length(tmp_path, cap=4096) == 2048  # a 4096 default would fail to start
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 131072}}))
+    assert model_context_length(tmp_path, cap=4096) == 4096
+    (tmp_path / "config.json").write_text("not json")
+    assert model_context_length(tmp_path, cap=1024) == 1024
