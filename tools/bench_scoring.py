@@ -5,7 +5,7 @@ Scenario `groups` (default) is one E-step scoring call: 16 groups, each one shar
 and 4 one-line comments of ~10 tokens taken from real stdlib comments), and after each the same
 40 tokens of the following lines (the horizon). Scenario `walk` is the E-step's lockstep walk:
 4 files x 4 consecutive lines, one call per line, each prefix the previous one plus its line.
-Methods, all float32, scoring the same groups:
+Methods, float32 unless named bf16, scoring the same groups:
 
 - naive: `score_groups_naive`, one batched forward per group over the full padded sequences,
   logits and log-softmax at all positions, as a plain transformers user would write it;
@@ -13,6 +13,13 @@ Methods, all float32, scoring the same groups:
 - prefix-cache: `score_groups_prefix_cache` with a prefix K/V store (the `hf` engine's scorer);
   prefix-cache-nostore: without the store (equal in `groups`: nothing to reuse);
   prefix-cache-mkl: with torch's default MKL linear layers (separates kernels from algorithm);
+  prefix-cache-transformers: through transformers' padded forward instead of the packed decoder
+  (`ScorerConfig(packed=False)`, the path of non-Llama-family models; see rollout/packed_llama.py);
+- naive-bf16: the naive forward on a bfloat16 copy of the model (what a user wanting speed would
+  load): the baseline at equal precision for
+- prefix-cache-bf16: the prefix-cache scorer with bf16 matmuls (fp32 accumulation, everything
+  else fp32; `ScorerConfig(matmul_dtype="bfloat16")`, the `hf` engine's `score_matmul_dtype`);
+  prefix-cache-bf16-transformers: the same through transformers' forward;
 - vllm: the `vllm` engine's prompt_logprobs scorer (prefix cache read, KV blocks of 32);
 - vllm-nocache: vLLM prompt_logprobs as it comes (it then skips reading the prefix cache).
 
@@ -150,7 +157,8 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         default="naive,prefix-cache,vllm,vllm-nocache",
-        help="of naive, naive-onednn, prefix-cache, prefix-cache-nostore, prefix-cache-mkl, vllm, vllm-nocache",
+        help="of naive, naive-onednn, naive-bf16, prefix-cache, prefix-cache-nostore, prefix-cache-mkl, "
+        "prefix-cache-transformers, prefix-cache-bf16, prefix-cache-bf16-transformers, vllm, vllm-nocache",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -180,11 +188,20 @@ def main() -> None:
     )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     vllm: dict = {}
+    copies: dict = {}  # naive-bf16's bfloat16 model
 
     def run(method, some_calls):
         """Score every call in order; state (stores, caches) starts fresh for each run."""
-        store = PrefixKVStore(2 << 30) if method in ("prefix-cache", "prefix-cache-mkl") else None
-        scfg = ScorerConfig(onednn=method != "prefix-cache-mkl")
+        store = (
+            PrefixKVStore(2 << 30)
+            if method.startswith("prefix-cache") and method != "prefix-cache-nostore"
+            else None
+        )
+        scfg = ScorerConfig(
+            onednn=method != "prefix-cache-mkl",
+            matmul_dtype="bfloat16" if method.startswith("prefix-cache-bf16") else "float32",
+            packed=not method.endswith("-transformers"),
+        )
         if method.startswith("vllm"):
             if not vllm:
                 from ra3_megatron.rollout import create_engine
@@ -201,7 +218,11 @@ def main() -> None:
             vllm["engine"].llm.reset_prefix_cache()
         out = []
         for call in some_calls:
-            if method.startswith("naive"):
+            if method == "naive-bf16":
+                if "bf16" not in copies:
+                    copies["bf16"] = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+                out += score_groups_naive(copies["bf16"], call, batch_rows=args.thoughts + 1)
+            elif method.startswith("naive"):
                 with onednn_linears(model, enabled=method == "naive-onednn"):
                     out += score_groups_naive(model, call, batch_rows=args.thoughts + 1)
             elif method.startswith("prefix-cache"):

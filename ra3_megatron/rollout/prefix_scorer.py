@@ -4,23 +4,31 @@ A group is one prefix and G+1 options (act + G thoughts), each option = middle +
 want log p(target token | prefix, middle, earlier target tokens). The naive way runs G+1 full
 sequences and the full-vocabulary head at every position. Here, for a batch of groups:
 
-1. the prefixes run once, right-padded: per layer K/V [B, kv_heads, P, head_dim], plus the last
-   real hidden state of each prefix (it predicts the first target token of an empty middle).
-   With a `kv_store.PrefixKVStore`, a prefix that extends one scored in an earlier call starts
-   from its stored K/V and runs only the new tokens (the E-step walks snippets line by line);
-2. every option of every group is one row [R, M] of a second forward: its tokens middle +
-   target[:-1] (the last target token is never an input), right-padded, RoPE positions continuing
-   from its own prefix length. A cache layer hands each row its group's prefix K/V, selected per
-   layer when attention asks for it (the expanded [R, ..., P, ...] copy lives for one layer only);
-   the 2-D attention mask hides prefix padding and option padding;
+1. the prefixes run once: per layer their K/V, plus the last hidden state of each prefix (it
+   predicts the first target token of an empty middle). With a `kv_store.PrefixKVStore`, a
+   prefix that extends one scored in an earlier call starts from its stored K/V and runs only
+   the new tokens (the E-step walks snippets line by line);
+2. every option of every group runs in a second forward: its tokens middle + target[:-1] (the
+   last target token is never an input), RoPE positions continuing from its own prefix length,
+   attending to its group's prefix K/V;
 3. only the hidden states that predict target tokens are gathered, and only those go through the
-   head and log-softmax, in chunks.
-On CPU the linear layers run through oneDNN instead of MKL (`onednn.py`: ~2x on AMD CPUs).
+   head and a log-softmax, in small chunks.
 
-Right padding (not left) keeps every query row attending to at least one real key, so padded
-rows never produce NaNs. Groups with an empty prefix fall back to the naive forward.
-`score_groups_naive` is that naive forward: full padded sequences, all-position logits, as a
-plain transformers user would write it; it is the reference in tests and the benchmark baseline.
+Two implementations of 1-2, same results:
+- `packed_llama` (float32 Llama / Mistral / Qwen2 on CPU, the default there): all tokens packed
+  without padding, the prefix K/V shared by its options without per-row copies;
+- transformers' own forward (every other model): prefixes right-padded [B, P]; options one
+  row each [R, M], right-padded, with a cache layer that hands each row its group's prefix
+  K/V when attention asks for it (the expanded copy lives for one layer only) and a 2-D mask
+  that hides prefix and option padding. Right padding (not left) keeps every query row
+  attending to at least one real key, so padded rows never produce NaNs.
+On CPU the linear layers run through oneDNN instead of MKL (`onednn.py`: ~2x on AMD CPUs), in
+float32 or, with `matmul_dtype="bfloat16"`, as bf16 matmuls with fp32 accumulation (~2x more
+for the matmuls).
+
+Groups with an empty prefix fall back to the naive forward. `score_groups_naive` is that naive
+forward: full padded sequences, all-position logits, as a plain transformers user would write
+it; it is the reference in tests and the benchmark baseline.
 
     from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_prefix_cache
     scores = score_groups_prefix_cache(model, groups, ScorerConfig())
@@ -37,6 +45,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from ra3_megatron.rollout.base import ScoreGroup
 from ra3_megatron.rollout.kv_store import PrefixKVStore
 from ra3_megatron.rollout.onednn import onednn_linears
+from ra3_megatron.rollout.packed_llama import KV, PackedDecoder, Segments, packable
 
 Scores = list[list[list[float]]]
 
@@ -46,8 +55,21 @@ class ScorerConfig:
     # Bound on option rows x (prefix + option length) per batch of groups: attention and K/V
     # memory grow with it; 32k keeps a SmolLM2-135M batch under ~1 GB.
     max_batch_tokens: int = 32768
-    head_chunk: int = 1024  # scored positions per head + log-softmax chunk ([chunk, vocab] floats)
+    head_chunk: int = 128  # scored positions per head + log-softmax chunk ([chunk, vocab] floats)
     onednn: bool = True  # CPU: linear layers through oneDNN, ~2x MKL on AMD (see onednn.py)
+    # CPU: "bfloat16" runs the float32 model's linear layers as bf16 matmuls with fp32
+    # accumulation (~1.6x; on SmolLM2-135M a token's log-prob moves by 0.03 on average, 0.3 at
+    # most, a 40-token horizon's sum by 0.2, 0.6 at most); "float32" is exact up to summation order.
+    matmul_dtype: str = "float32"
+    # Llama-family float32 models on CPU run through packed_llama (no padding, no per-row prefix
+    # copies); False forces the transformers forward (the path for every other model).
+    packed: bool = True
+
+    def __post_init__(self) -> None:
+        if self.matmul_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"ScorerConfig.matmul_dtype must be float32 or bfloat16, not {self.matmul_dtype!r}"
+            )
 
 
 class _GroupPrefixLayer(DynamicLayer):
@@ -66,7 +88,11 @@ class _GroupPrefixLayer(DynamicLayer):
 
 
 def _head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """log p(targets[i] | hidden[i]) for [N, H] hidden states, computing the head in chunks."""
+    """log p(targets[i] | hidden[i]) for [N, H] hidden states, computing the head in chunks.
+
+    Small chunks keep each [chunk, vocab] logits block in cache for the log-softmax (and out of
+    fresh page-faulted allocations); the fused log_softmax is faster than logsumexp's passes.
+    """
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     out = []
@@ -75,8 +101,36 @@ def _head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: in
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         tgt = targets[start : start + chunk, None]
-        out.append(logits.gather(1, tgt)[:, 0] - torch.logsumexp(logits, dim=-1))
+        out.append(torch.log_softmax(logits, -1).gather(1, tgt)[:, 0])
     return torch.cat(out) if out else hidden.new_zeros(0)
+
+
+def _targets(groups: list[ScoreGroup], row_start: list[int], tail: int) -> tuple[list[int], list[int]]:
+    """Where each target token's predicting hidden state lies, and the token.
+
+    Option row r's local token i is hidden state row_start[r] + i; the first target token after
+    an empty middle is predicted by its prefix's last state, stacked at tail + group index.
+    """
+    src, tgt, r = [], [], 0
+    for b, g in enumerate(groups):
+        for o in g.options:
+            for j, t in enumerate(o.target):
+                i = len(o.middle) - 1 + j
+                src.append(row_start[r] + i if i >= 0 else tail + b)
+                tgt.append(t)
+            r += 1
+    return src, tgt
+
+
+def _unflatten(groups: list[ScoreGroup], flat: list[float]) -> Scores:
+    scores, k = [], 0
+    for g in groups:
+        per = []
+        for o in g.options:
+            per.append(flat[k : k + len(o.target)])
+            k += len(o.target)
+        scores.append(per)
+    return scores
 
 
 def _check_model(model) -> None:
@@ -174,15 +228,7 @@ def _score_batch(model, groups: list[ScoreGroup], cfg: ScorerConfig, store: Pref
     feeds = [list(o.middle) + list(o.target[:-1]) for _, o in rows]
     R, M = len(rows), max((len(f) for f in feeds), default=0)
     row_group = torch.tensor([b for b, _ in rows], dtype=torch.long, device=dev)
-    # Where each target token's predicting hidden state lies: option row r, local index i
-    # (flat r * M + i), or, for the first target token after an empty middle, the prefix's
-    # last state (flat R * M + b).
-    src, tgt = [], []
-    for r, (b, o) in enumerate(rows):
-        for j, t in enumerate(o.target):
-            i = len(o.middle) - 1 + j
-            src.append(r * M + i if i >= 0 else R * M + b)
-            tgt.append(t)
+    src, tgt = _targets(groups, [r * M for r in range(R)], R * M)
     if M > 0:
         opt = torch.zeros(R, M, dtype=torch.long, device=dev)
         omask = torch.zeros(R, M, dtype=torch.bool, device=dev)
@@ -205,14 +251,76 @@ def _score_batch(model, groups: list[ScoreGroup], cfg: ScorerConfig, store: Pref
         torch.tensor(tgt, dtype=torch.long, device=dev),
         cfg.head_chunk,
     ).tolist()
-    scores, k = [], 0
-    for g in groups:
+    return _unflatten(groups, flat)
+
+
+def _group_prefix_kv(
+    kv: list[KV], hits: list, cached: list[int], fresh: list[int], starts: list[int]
+) -> list[list[KV]]:
+    """Per layer, per group: the whole prefix's (K, V) [kv_heads, length, head_dim], compact."""
+    out = []
+    for li, (k, v) in enumerate(kv):
         per = []
-        for o in g.options:
-            per.append(flat[k : k + len(o.target)])
-            k += len(o.target)
-        scores.append(per)
-    return scores
+        for h, c, n, a in zip(hits, cached, fresh, starts):
+            kf, vf = k[a : a + n].transpose(0, 1), v[a : a + n].transpose(0, 1)
+            if c:
+                hk, hv = h[1][li]
+                kf, vf = torch.cat([hk[:, :c], kf], dim=1), torch.cat([hv[:, :c], vf], dim=1)
+            per.append((kf.contiguous(), vf.contiguous()))
+        out.append(per)
+    return out
+
+
+def _score_batch_packed(
+    dec: PackedDecoder, groups: list[ScoreGroup], cfg: ScorerConfig, store: PrefixKVStore | None
+) -> Scores:
+    """`_score_batch` through the packed decoder (see packed_llama): same inputs, same results."""
+    dev = dec.model.device
+    # 1. Each prefix's tokens past what the store holds of it (at least one token each) form a
+    # segment whose context is the stored K/V.
+    hits = [store.lookup(g.prefix) if store is not None else None for g in groups]
+    cached = [min(len(h[0]), len(g.prefix) - 1) if h else 0 for h, g in zip(hits, groups)]
+    fresh = [len(g.prefix) - c for g, c in zip(groups, cached)]
+    starts = [sum(fresh[:b]) for b in range(len(groups))]
+    with_ctx = [b for b, c in enumerate(cached) if c]
+    stored = [
+        [(hits[b][1][li][0][:, : cached[b]], hits[b][1][li][1][:, : cached[b]]) for b in with_ctx]
+        for li in range(len(dec.base.layers))
+    ]
+    seg = Segments(
+        lengths=fresh, contexts=[with_ctx.index(b) if cached[b] else -1 for b in range(len(groups))]
+    )
+    ids = torch.tensor([t for g, c in zip(groups, cached) for t in g.prefix[c:]], device=dev)
+    pos = torch.tensor([p for g, c in zip(groups, cached) for p in range(c, len(g.prefix))], device=dev)
+    x, kv = dec.forward(ids, pos, seg, stored)
+    prefix_last = x.index_select(0, torch.tensor([a + n - 1 for a, n in zip(starts, fresh)], device=dev))
+    prefix_kv = _group_prefix_kv(kv, hits, cached, fresh, starts)
+    del x, kv
+    if store is not None:
+        for b, (g, h, c) in enumerate(zip(groups, hits, cached)):
+            if h:
+                store.hits += 1
+                store.reused_tokens += c
+                store.discard(h[0])  # the longer prefix holds all of it
+            store.put(g.prefix, [layer[b] for layer in prefix_kv])
+
+    # 2. Each option (middle + target[:-1]) is a segment whose context is its group's prefix.
+    feeds = [(b, list(o.middle) + list(o.target[:-1])) for b, g in enumerate(groups) for o in g.options]
+    row_start, T = [], 0
+    for _, f in feeds:
+        row_start.append(T)
+        T += len(f)
+    src, tgt = _targets(groups, row_start, T)
+    hidden = prefix_last
+    if T:
+        ids = torch.tensor([t for _, f in feeds for t in f], device=dev)
+        pos = torch.tensor([len(groups[b].prefix) + i for b, f in feeds for i in range(len(f))], device=dev)
+        seg = Segments(lengths=[len(f) for _, f in feeds if f], contexts=[b for b, f in feeds if f])
+        x, _ = dec.forward(ids, pos, seg, prefix_kv)
+        hidden = torch.cat([x, prefix_last])
+    hidden = dec.final_norm(hidden.index_select(0, torch.tensor(src, dtype=torch.long, device=dev)))
+    targets = torch.tensor(tgt, dtype=torch.long, device=dev)
+    return _unflatten(groups, _head_logprobs(dec.model, hidden, targets, cfg.head_chunk).tolist())
 
 
 def score_groups_prefix_cache(
@@ -233,9 +341,13 @@ def score_groups_prefix_cache(
     order = sorted(
         (i for i, g in enumerate(groups) if g.prefix and g.options), key=lambda i: len(groups[i].prefix)
     )
-    with torch.inference_mode(), onednn_linears(model, cfg.onednn):
+    dtype = getattr(torch, cfg.matmul_dtype)
+    dec = PackedDecoder(model, dtype, cfg.onednn) if cfg.packed and packable(model) else None
+    with torch.inference_mode(), onednn_linears(model, cfg.onednn, dtype):
         for batch in _batches(groups, order, cfg.max_batch_tokens):
-            for i, s in zip(batch, _score_batch(model, [groups[i] for i in batch], cfg, store)):
+            some = [groups[i] for i in batch]
+            got = _score_batch_packed(dec, some, cfg, store) if dec else _score_batch(model, some, cfg, store)
+            for i, s in zip(batch, got):
                 result[i] = s
     return result
 
