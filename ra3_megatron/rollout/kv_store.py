@@ -44,11 +44,9 @@ class PrefixKVStore:
         self._entries.move_to_end(best)
         return best, self._entries[best][0]
 
-    def longest_common(self, tokens: Sequence[int]) -> tuple[int, KV] | None:
-        """(n, K/V) of the entry sharing the most leading tokens with `tokens` (n >= 1), or None.
-
-        The K/V is the whole entry's: its first n positions are those of tokens[:n].
-        """
+    def longest_common(self, tokens: Sequence[int]) -> tuple[int, KV, tuple[int, ...]] | None:
+        """(n, K/V, key) of the entry sharing the most leading tokens with `tokens` (n >= 1), or
+        None. The K/V is the whole entry's: its first n positions are those of tokens[:n]."""
         tokens = tuple(tokens)
         best_n, best = 0, None
         for key in self._entries:
@@ -63,7 +61,7 @@ class PrefixKVStore:
         if best is None:
             return None
         self._entries.move_to_end(best)
-        return best_n, self._entries[best][0]
+        return best_n, self._entries[best][0], best
 
     def put(self, tokens: Sequence[int], kv: KV) -> None:
         key = tuple(tokens)

@@ -169,6 +169,29 @@ def _batches(groups: Sequence[ScoreGroup], order: list[int], budget: int) -> lis
     return batches
 
 
+def _store_hits(store: PrefixKVStore | None, groups: Sequence[ScoreGroup]) -> list:
+    """Per group, the stored entry sharing the most leading tokens with its prefix (n, K/V, key):
+    an earlier, shorter prefix of the same walk, or a longer pass over the snippet (the E-step's
+    `<act>` chain, a probe) that already holds all of it."""
+    return [store.longest_common(g.prefix) if store is not None else None for g in groups]
+
+
+def _keep(store: PrefixKVStore, group: ScoreGroup, hit, cached: int) -> bool:
+    """Whether the prefix's K/V should go into the store; counts the reuse. Not when a stored
+    sequence already holds the whole prefix; a stored prefix of it is replaced (the new entry
+    holds all of it)."""
+    if hit is None:
+        return True
+    n, _, key = hit
+    store.hits += 1
+    store.reused_tokens += cached
+    if n >= len(group.prefix) and len(key) > len(group.prefix):
+        return False
+    if len(key) == n:
+        store.discard(key)
+    return True
+
+
 def _prefix_pass(model, groups: list[ScoreGroup], store: PrefixKVStore | None):
     """Run the prefixes (only their tokens past a stored prefix, when a store has one).
 
@@ -177,9 +200,9 @@ def _prefix_pass(model, groups: list[ScoreGroup], store: PrefixKVStore | None):
     """
     base, dev = model.base_model, model.device
     B = len(groups)
-    hits = [store.lookup(g.prefix) if store is not None else None for g in groups]
+    hits = _store_hits(store, groups)
     # At least one token per prefix runs here: its hidden state predicts an empty middle's target.
-    cached = [min(len(h[0]), len(g.prefix) - 1) if h else 0 for h, g in zip(hits, groups)]
+    cached = [min(h[0], len(g.prefix) - 1) if h else 0 for h, g in zip(hits, groups)]
     fresh = [len(g.prefix) - c for g, c in zip(groups, cached)]
     C, N = max(cached), max(fresh)
     ids = torch.zeros(B, N, dtype=torch.long, device=dev)
@@ -211,11 +234,8 @@ def _prefix_pass(model, groups: list[ScoreGroup], store: PrefixKVStore | None):
     if store is not None:
         for b, (g, h, c) in enumerate(zip(groups, hits, cached)):
             idx = torch.cat([torch.arange(c, device=dev), C + torch.arange(fresh[b], device=dev)])
-            if h:
-                store.hits += 1
-                store.reused_tokens += c
-                store.discard(h[0])  # the longer prefix holds all of it
-            store.put(g.prefix, [(k[b].index_select(1, idx), v[b].index_select(1, idx)) for k, v in kv])
+            if _keep(store, g, h, c):
+                store.put(g.prefix, [(k[b].index_select(1, idx), v[b].index_select(1, idx)) for k, v in kv])
     lens = torch.tensor([len(g.prefix) for g in groups], device=dev)
     return kv, mask, lens, last
 
@@ -278,8 +298,8 @@ def _score_batch_packed(
     dev = dec.model.device
     # 1. Each prefix's tokens past what the store holds of it (at least one token each) form a
     # segment whose context is the stored K/V.
-    hits = [store.lookup(g.prefix) if store is not None else None for g in groups]
-    cached = [min(len(h[0]), len(g.prefix) - 1) if h else 0 for h, g in zip(hits, groups)]
+    hits = _store_hits(store, groups)
+    cached = [min(h[0], len(g.prefix) - 1) if h else 0 for h, g in zip(hits, groups)]
     fresh = [len(g.prefix) - c for g, c in zip(groups, cached)]
     starts = [sum(fresh[:b]) for b in range(len(groups))]
     with_ctx = [b for b, c in enumerate(cached) if c]
@@ -298,11 +318,8 @@ def _score_batch_packed(
     del x, kv
     if store is not None:
         for b, (g, h, c) in enumerate(zip(groups, hits, cached)):
-            if h:
-                store.hits += 1
-                store.reused_tokens += c
-                store.discard(h[0])  # the longer prefix holds all of it
-            store.put(g.prefix, [layer[b] for layer in prefix_kv])
+            if _keep(store, g, h, c):
+                store.put(g.prefix, [layer[b] for layer in prefix_kv])
 
     # 2. Each option (middle + target[:-1]) is a segment whose context is its group's prefix.
     feeds = [(b, list(o.middle) + list(o.target[:-1])) for b, g in enumerate(groups) for o in g.options]

@@ -286,3 +286,24 @@ def test_inverse_cdf_sampling_follows_the_distribution():
     kept = torch.tensor([0, 1, 5])
     assert freq[[2, 3, 4]].sum() == 0
     assert torch.allclose(freq[kept] / 40000, (p[kept] / p[kept].sum()).double(), atol=0.01)
+
+
+def test_scoring_reuses_a_longer_stored_pass_and_stays_exact(hf):
+    """A pass over a whole sequence (the E-step's <act> chain) holds the K/V of every prefix of
+    it: scoring groups whose prefixes lie inside it computes ~1 prefix token each, adds no
+    entry, and gives the scores of a fresh engine."""
+    ids = hf.tokenizer.encode("import os\nimport sys\n\ndef main(argv):\n    return len(argv)\n" * 3,
+                              add_special_tokens=False)
+    groups = [ScoreGroup(prefix=tuple(ids[:p]), options=(ScoreOption((), tuple(ids[p:p + 6])),
+                                                         ScoreOption((5, 6), tuple(ids[p:p + 6]))))
+              for p in (10, 25, 40)]
+    hf.store.clear()
+    fresh = hf.score_groups(groups)
+    hf.store.clear()
+    hf.sequence_logprobs(ids, 1)
+    entries, reused = len(hf.store), hf.store.reused_tokens
+    again = hf.score_groups(groups)
+    assert len(hf.store) == entries and hf.store.reused_tokens - reused == 9 + 24 + 39
+    for a, b in zip(again, fresh):
+        for x, y in zip(a, b):
+            assert x == pytest.approx(y, abs=1e-4)

@@ -51,8 +51,8 @@ def test_longest_common_finds_the_entry_sharing_most_leading_tokens():
     store.put((1, 2, 3, 4, 5, 6), kv(6))  # longer than the query: still usable up to the fork
     store.put((1, 2, 9), kv(3))
     store.put((7, 8), kv(2))
-    n, found = store.longest_common((1, 2, 3, 4, 0))
-    assert n == 4 and found[0][0].shape[1] == 6
+    n, found, key = store.longest_common((1, 2, 3, 4, 0))
+    assert n == 4 and found[0][0].shape[1] == 6 and key == (1, 2, 3, 4, 5, 6)
     assert store.longest_common((1, 2, 9, 9))[0] == 3
     assert store.longest_common((1, 2))[0] == 2
     assert store.longest_common((5, 1)) is None and store.longest_common(()) is None
