@@ -1,12 +1,12 @@
 """Batched KV-cached sampling and decision probes for the transformers backend.
 
 `sample_batched` serves every prompt of a `generate` call in one decode loop:
-1. prefill, per prompt: only the tokens past what the engine's `PrefixKVStore` already holds for
-   it (`longest_common`: an E-step thought prompt "prefix + \\n{indent}#" shares its prefix with
-   the decision probe's pass over the snippet, or with an earlier prompt), so a prompt late in a
-   snippet costs a few tokens instead of a pass over the whole prefix;
-2. decode, all rows of all prompts together: prompt K/V left-padded into one cache, an attention
-   mask over the padding, RoPE positions per row. Finished rows leave the batch.
+1. prefill, all prompts in one batch (`prefix_scorer.prefix_pass`), each only past what the
+   engine's `PrefixKVStore` already holds for it (`longest_common`: an E-step thought prompt
+   "prefix + \\n{indent}#" shares its prefix with the decision probe's pass over the snippet),
+   so a prompt late in a snippet costs a token or two instead of a pass over its prefix;
+2. decode, all rows of all prompts together in that cache (K/V written in place), an attention
+   mask over its padding, RoPE positions per row. Finished rows leave the batch.
 Each prompt draws from its own generator, with the same calls as one prompt alone, so a prompt
 with a given seed gets the same samples whatever else is in the batch (up to float rounding of
 batched kernels, which can flip a near-tie).
@@ -22,9 +22,10 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from ra3_megatron.rollout.base import Completion, SamplingConfig
+from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup
 from ra3_megatron.rollout.common import cut_at_stop
 from ra3_megatron.rollout.kv_store import KV, PrefixKVStore
+from ra3_megatron.rollout.prefix_scorer import prefix_pass
 
 
 class _GrowingLayer(DynamicLayer):
@@ -173,33 +174,24 @@ def sample_batched(
     """ns[p] completions for prompt p (cfg.n is ignored; see module docstring); `pick` samples
     rows of logits."""
     dev, eos = model.device, tokenizer.eos_token_id
-    head = model.get_output_embeddings()
-    firsts, kvs = [], []
-    for ids in prompts:
-        hidden, _, kv = _forward_with_store(model, ids, store)
-        firsts.append(head(hidden[-1:]).float())
-        kvs.append(kv)
     P = len(prompts)
-    lens = torch.tensor([len(p) for p in prompts], device=dev)
-    L = int(lens.max())
-    # Left-pad every prompt's K/V to L; rows owner[r] == p are prompt p's samples.
-    owner = torch.repeat_interleave(torch.arange(P), torch.tensor(list(ns)))
+    # All prompts' prefill in one batch, each from what the store holds of it: per layer K/V
+    # [P, h, C + N, d] whose valid positions the mask marks (stored part, then new part).
+    # Not stored: a thought prompt ends in its marker, which no later prompt extends, and a
+    # batch of full-length copies would push the probe passes out of the store.
+    kv, pmask, lens, last = prefix_pass(model, [ScoreGroup(tuple(p)) for p in prompts], store, keep=False)
+    firsts = model.get_output_embeddings()(last).float()
+    owner = torch.repeat_interleave(torch.arange(P), torch.tensor(list(ns)))  # row -> its prompt
     first_row = [0, *torch.tensor(list(ns)).cumsum(0).tolist()]
     owner_dev = owner.to(dev)
-    layers = []
-    for li in range(len(kvs[0])):
-        k0, v0 = kvs[0][li]
-        keys = k0.new_zeros(P, k0.shape[0], L, k0.shape[2])
-        values = v0.new_zeros(P, v0.shape[0], L, v0.shape[2])
-        for p, kv in enumerate(kvs):
-            keys[p, :, L - len(prompts[p]) :] = kv[li][0]
-            values[p, :, L - len(prompts[p]) :] = kv[li][1]
-        layers.append((keys.index_select(0, owner_dev), values.index_select(0, owner_dev)))
     cache = DynamicCache()
-    cache.layers = [_GrowingLayer(k, v, L + cfg.max_tokens) for k, v in layers]
-    mask = (torch.arange(L, device=dev)[None, :] >= (L - lens)[:, None]).index_select(0, owner_dev).long()
+    cache.layers = [
+        _GrowingLayer(k.index_select(0, owner_dev), v.index_select(0, owner_dev), k.shape[2] + cfg.max_tokens)
+        for k, v in kv
+    ]
+    mask = pmask.index_select(0, owner_dev).long()
     pos = lens.index_select(0, owner_dev)
-    logits = torch.cat([f.expand(k, -1) for f, k in zip(firsts, ns)])
+    logits = firsts.index_select(0, owner_dev)
     R = len(owner)
     owner_of = owner.tolist()
     toks: list[list[int]] = [[] for _ in range(R)]

@@ -176,15 +176,16 @@ def _store_hits(store: PrefixKVStore | None, groups: Sequence[ScoreGroup]) -> li
     return [store.longest_common(g.prefix) if store is not None else None for g in groups]
 
 
-def _keep(store: PrefixKVStore, group: ScoreGroup, hit, cached: int) -> bool:
-    """Whether the prefix's K/V should go into the store; counts the reuse. Not when a stored
-    sequence already holds the whole prefix; a stored prefix of it is replaced (the new entry
-    holds all of it)."""
-    if hit is None:
-        return True
+def _keep(store: PrefixKVStore, group: ScoreGroup, hit, cached: int, wanted: bool = True) -> bool:
+    """Whether the prefix's K/V should go into the store; counts the reuse. Not when unwanted or
+    when a stored sequence already holds the whole prefix; a stored prefix of it is replaced
+    (the new entry holds all of it)."""
+    if hit is not None:
+        store.hits += 1
+        store.reused_tokens += cached
+    if not wanted or hit is None:
+        return wanted
     n, _, key = hit
-    store.hits += 1
-    store.reused_tokens += cached
     if n >= len(group.prefix) and len(key) > len(group.prefix):
         return False
     if len(key) == n:
@@ -192,8 +193,9 @@ def _keep(store: PrefixKVStore, group: ScoreGroup, hit, cached: int) -> bool:
     return True
 
 
-def _prefix_pass(model, groups: list[ScoreGroup], store: PrefixKVStore | None):
-    """Run the prefixes (only their tokens past a stored prefix, when a store has one).
+def prefix_pass(model, groups: list[ScoreGroup], store: PrefixKVStore | None, keep: bool = True):
+    """Run the prefixes (only their tokens past a stored prefix, when a store has one; `keep`:
+    store the new K/V too, for prefixes that later calls extend).
 
     Returns per-layer (K, V) [B, h, C + N, d] (stored part, right-padded to C, then the new part,
     right-padded to N), its mask [B, C + N], the prefix lengths [B] and last hidden states [B, H].
@@ -234,7 +236,7 @@ def _prefix_pass(model, groups: list[ScoreGroup], store: PrefixKVStore | None):
     if store is not None:
         for b, (g, h, c) in enumerate(zip(groups, hits, cached)):
             idx = torch.cat([torch.arange(c, device=dev), C + torch.arange(fresh[b], device=dev)])
-            if _keep(store, g, h, c):
+            if _keep(store, g, h, c, keep):
                 store.put(g.prefix, [(k[b].index_select(1, idx), v[b].index_select(1, idx)) for k, v in kv])
     lens = torch.tensor([len(g.prefix) for g in groups], device=dev)
     return kv, mask, lens, last
@@ -242,7 +244,7 @@ def _prefix_pass(model, groups: list[ScoreGroup], store: PrefixKVStore | None):
 
 def _score_batch(model, groups: list[ScoreGroup], cfg: ScorerConfig, store: PrefixKVStore | None) -> Scores:
     base, dev = model.base_model, model.device
-    prefix_kv, pmask, lens, prefix_last = _prefix_pass(model, groups, store)
+    prefix_kv, pmask, lens, prefix_last = prefix_pass(model, groups, store)
 
     rows = [(b, o) for b, g in enumerate(groups) for o in g.options]
     feeds = [list(o.middle) + list(o.target[:-1]) for _, o in rows]
