@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ra3_megatron.errors import InputError
 from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
 from ra3_megatron.rollout.common import prompt_ids, split_overrides
-from ra3_megatron.rollout.hf_sampling import probe_logprobs, sample_batched, sequence_logprobs
+from ra3_megatron.rollout.hf_sampling import probe_logprobs, sample_batched, sample_rows, sequence_logprobs
 from ra3_megatron.rollout.kv_store import PrefixKVStore
 from ra3_megatron.rollout.onednn import onednn_linears
 from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_naive, score_groups_prefix_cache
@@ -39,7 +39,10 @@ class HFEngineConfig:
     device: str = "auto"  # "auto": cuda when available, else cpu
     threads: int | None = None  # torch intra-op threads (CPU); None leaves torch's setting
     scorer: str = "prefix-cache"  # | "naive"
-    max_batch_tokens: int = 32768  # scorer batch bound (ScorerConfig); sampling: rows x prompt length
+    max_batch_tokens: int = 32768  # scorer batch bound (see ScorerConfig)
+    # Sampling: one decode loop serves as many prompts as fit this K/V cache size (rows x
+    # (prompt + max_tokens) x the model's K/V bytes per token): every split is another loop.
+    sample_kv_mb: int = 1024
     onednn: bool = True  # CPU: linear layers through oneDNN, ~2x MKL on AMD (onednn.py)
     prefix_store_mb: int = 512  # prefix K/V kept between score calls (kv_store); 0: none
     seed: int = 0  # sampling stream for requests without a seed
@@ -66,7 +69,7 @@ class HFEngine:
         self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig | Sequence[SamplingConfig]
     ) -> list[list[Completion]]:
         """All prompts that differ only in n and seed decode together (hf_sampling.sample_batched),
-        in batches of at most `max_batch_tokens` rows x length; each prompt has its own generator."""
+        as many per loop as `sample_kv_mb` holds; each prompt has its own generator."""
         ids = [prompt_ids(self.tokenizer, p) for p in prompts]
         configs = per_prompt(config, len(prompts))
         out: list[list[Completion] | None] = [None] * len(ids)
@@ -79,20 +82,28 @@ class HFEngine:
                     gens = [self._gen if configs[i].seed is None else torch.Generator().manual_seed(configs[i].seed)
                             for i in chunk]
                     done = sample_batched(self.model, self.tokenizer, [ids[i] for i in chunk],
-                                          [configs[i].n for i in chunk], rest, gens, self._pick, self.store)
+                                          [configs[i].n for i in chunk], rest, gens, self.store)
                     for i, comps in zip(chunk, done):
                         out[i] = comps
         return out  # type: ignore[return-value]
 
+    def _kv_bytes_per_token(self) -> int:
+        c = self.model.config.get_text_config(decoder=True)
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        return 2 * c.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
+
     def _chunks(self, members: list[int], ids: list[list[int]], configs: list[SamplingConfig]) -> list[list[int]]:
-        """Consecutive prompts whose rows x longest prompt stay within max_batch_tokens."""
+        """Consecutive prompts whose decode cache (rows x (longest prompt + max_tokens)) stays
+        within sample_kv_mb."""
+        budget = (self.config.sample_kv_mb << 20) // self._kv_bytes_per_token()
         chunks: list[list[int]] = []
         rows = longest = 0
         for i in members:
-            r, L = rows + configs[i].n, max(longest, len(ids[i]))
-            if chunks and r * L > self.config.max_batch_tokens:
+            r, L = rows + configs[i].n, max(longest, len(ids[i]) + configs[i].max_tokens)
+            if chunks and r * L > budget:
                 chunks.append([i])
-                rows, longest = configs[i].n, len(ids[i])
+                rows, longest = configs[i].n, len(ids[i]) + configs[i].max_tokens
             else:
                 if not chunks:
                     chunks.append([])
@@ -112,19 +123,8 @@ class HFEngine:
             return sequence_logprobs(self.model, ids, start, self.store)
 
     def _pick(self, logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
-        """One token per row: inverse-CDF sampling, one uniform draw per row from `gen`
-        (torch.multinomial draws an exponential per vocabulary entry: ~0.2 ms a call on 8k
-        entries, paid per prompt per decode step)."""
-        if cfg.temperature <= 0:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits / cfg.temperature, dim=-1)
-        if cfg.top_p < 1.0:
-            sorted_p, idx = probs.sort(dim=-1, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest set reaching top_p
-            probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
-        cdf = probs.double().cumsum(-1)
-        u = torch.rand(probs.shape[0], 1, generator=gen, dtype=torch.float64).to(probs.device) * cdf[:, -1:]
-        return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
+        """One token per row of logits, all drawn from `gen` (hf_sampling.sample_rows)."""
+        return sample_rows(logits, cfg, [gen], [0] * logits.shape[0])
 
     # -- scoring ----------------------------------------------------------------------------
     def score_groups(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:

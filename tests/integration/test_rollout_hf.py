@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from dataclasses import replace
 
 import pytest
 
@@ -149,6 +150,14 @@ def test_batched_prompts_sample_as_they_would_alone(hf):
         for p, got in zip(prompts, together):
             hf.store.clear()
             assert same_samples(got, hf.generate([p], cfg)[0], tol=1e-4), p
+    # A K/V budget too small for two prompts: one decode loop each, the same samples.
+    full = hf.config
+    hf.config = replace(full, sample_kv_mb=0)
+    try:
+        hf.store.clear()
+        assert all(same_samples(a, b, tol=1e-4) for a, b in zip(hf.generate(prompts, cfg), together))
+    finally:
+        hf.config = full
     # One config per prompt (own n, own seed), as the E-step asks: still each as alone.
     each = [SamplingConfig(n=k + 1, temperature=1.0, max_tokens=10, seed=20 + k) for k in range(len(prompts))]
     hf.store.clear()
