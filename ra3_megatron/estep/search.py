@@ -164,13 +164,15 @@ def search_steps(
             markers[k] = (marker, codec.decision_index(marker))
     probed: dict[int, float] = {}  # line -> log q("#"), valid while the prefix has no new thought
     chain: dict = {}  # "start", "lps": log pi of prefix + remaining pieces from start; same validity
-    k = 1
+    k, window = 1, cfg.lookahead
     while k < len(pieces):
-        # 1. Plan pieces k.. up to the window's `lookahead`-th rollout: decisions drawn as if no
-        #    thought were chosen in between (speculation: thoughts are rare).
+        # 1. Plan pieces k.. up to the window's last rollout: decisions drawn as if no thought
+        #    were chosen in between (speculation: thoughts are rare). The window halves after a
+        #    chosen thought and doubles back (up to `lookahead`) after a window without one, so
+        #    a snippet that thinks often wastes little.
         plan: list[tuple[int, int, float | None, int]] = []  # (piece, n_think, p_think, prefix length)
         ctx, j, rollouts = list(prefix), k, 0
-        while j < len(pieces) and rollouts < cfg.lookahead:
+        while j < len(pieces) and rollouts < window:
             if pieces[j].line in chosen_lines:
                 marker, d_marker = markers[j]
                 n_think, p_think = cfg.samples, None
@@ -217,6 +219,7 @@ def search_steps(
         # 3. Commit left to right; a chosen thought invalidates the rest of the window.
         planned = {j: (n, p) for j, n, p, _ in plan}
         start, k = k, end
+        window = min(cfg.lookahead, window * 2)
         for i in range(start, end):
             if i in planned:
                 n_think, p_think = planned[i]
@@ -237,7 +240,7 @@ def search_steps(
                         stats.add_chosen(best, len(middle) - markers[i][1])  # "# text": marker and text
                         prefix.extend(piece_ids[i])
                         stats.discarded += len(drafts)  # speculative rollouts after it: redone
-                        k = i + 1
+                        k, window = i + 1, max(1, window // 4)
                         break
             prefix.extend(piece_ids[i])
     infused = InfusedSnippet(id=snippet_id, text=text, thoughts=tuple(thoughts))
