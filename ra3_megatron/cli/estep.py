@@ -36,6 +36,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="RL trainer for q: megatron (the MegatronEngine) or torch (transformers); "
                             "auto: megatron, torch with --backend fake")
     group.add_argument("--threads", type=int, default=None, help="torch threads in this process")
+    group.add_argument("--score-matmul-dtype", choices=("float32", "bfloat16"), default="float32",
+                       help="--backend hf on CPU: bfloat16 scores with bf16 matmuls (fp32 accumulation), "
+                            "~1.6x faster, a token's log-prob off by ~0.03 on average (default: float32)")
     group.add_argument("--fake-corpus", default=None,
                        help="--backend fake: documents whose bigrams make the fake LM (default: --input)")
     group.add_argument("--fake-corpus-docs", type=int, default=2000, help="--backend fake: at most this many")
@@ -58,6 +61,8 @@ def engine_factory(args: argparse.Namespace):
 
     from ra3_megatron.rollout.base import create_engine
 
+    if args.backend != "hf" and getattr(args, "score_matmul_dtype", "float32") != "float32":
+        raise ConfigError("--score-matmul-dtype applies to --backend hf only")
     if args.backend == "fake":
         corpus = _fake_corpus(args.fake_corpus or args.input, args.fake_corpus_docs)
 
@@ -72,6 +77,8 @@ def engine_factory(args: argparse.Namespace):
 
         return make_fake
     extra = {"threads": args.threads} if args.threads else {}
+    if args.backend == "hf":
+        extra["score_matmul_dtype"] = args.score_matmul_dtype
 
     def make(model_dir: str):
         return create_engine(args.backend, model=str(model_dir), **extra)

@@ -316,3 +316,20 @@ def test_scoring_reuses_a_longer_stored_pass_and_stays_exact(hf):
     for a, b in zip(again, fresh):
         for x, y in zip(a, b):
             assert x == pytest.approx(y, abs=1e-4)
+
+
+def test_bf16_scoring_is_close_to_float32_and_the_chain_follows_it(tiny_model_dir):
+    """score_matmul_dtype=bfloat16: scores (and the <act> chain, kept alike) move by bf16
+    rounding only; a bogus dtype is refused."""
+    ids = list(range(5, 45))
+    group = [ScoreGroup(prefix=tuple(ids[:20]), options=(ScoreOption((), tuple(ids[20:30])),
+                                                         ScoreOption((7, 8), tuple(ids[20:30]))))]
+    exact = create_engine("hf", model=str(tiny_model_dir))
+    fast = create_engine("hf", model=str(tiny_model_dir), score_matmul_dtype="bfloat16")
+    a, b = exact.score_groups(group)[0], fast.score_groups(group)[0]
+    diffs = [abs(x - y) for o, p in zip(a, b) for x, y in zip(o, p)]
+    assert 0 < max(diffs) < 0.5
+    chain = fast.sequence_logprobs(ids[:30], 20)
+    assert chain == pytest.approx(b[0], abs=0.05) and chain != pytest.approx(a[0], abs=1e-6)
+    with pytest.raises(ValueError, match="score_matmul_dtype"):
+        create_engine("hf", model=str(tiny_model_dir), score_matmul_dtype="float16")
