@@ -98,6 +98,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--horizon", type=int, default=4)
     p.add_argument("--position-fraction", type=float, default=1.0)
+    p.add_argument("--lookahead", type=int, default=8, help="rollouts per speculative window (1: one at a time)")
+    p.add_argument("--batch-snippets", type=int, default=16, help="snippets searched in lockstep")
     p.add_argument("--snippet-tokens", type=int, default=512)
     p.add_argument("--pretrain-steps", type=int, default=150, help="NTP steps on another stdlib slice first (tiny)")
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
@@ -149,6 +151,7 @@ def main() -> None:
                 "--trainer", a.trainer, "--penalty", str(c), "--samples", str(a.samples), "--horizon",
                 str(a.horizon), "--rl-steps", str(a.rl_steps), "--rl-snippets", str(a.rl_snippets),
                 "--position-fraction", str(a.position_fraction), "--max-snippet-tokens", str(a.snippet_tokens),
+                "--lookahead", str(a.lookahead), "--batch-snippets", str(a.batch_snippets),
                 "--no-progress"]
         args += ["--threads", str(a.threads)]
         e_wall = ra3(*args)
@@ -160,25 +163,31 @@ def main() -> None:
         secs = stats["seconds"]
         rows.append({"c": c, **stats["infusion"]["summary"], "estep_s": secs.get("rl", 0.0) + secs["infuse"],
                      "rl_s": secs.get("rl", 0.0), "estep_wall": e_wall, "mstep_s": m["seconds"],
-                     "mstep_steps": m["steps"], "tokens": i_tokens, "rl_reward": [r.get("reward") for r in stats["rl"]]})
+                     "mstep_steps": m["steps"], "tokens": i_tokens, "rl_reward": [r.get("reward") for r in stats["rl"]],
+                     "rl_phases": {k: round(sum(r.get(k, 0.0) for r in stats["rl"]), 2)
+                                   for k in ("search_s", "logprobs_s", "update_s", "sync_s")}})
         print(json.dumps(rows[-1]), flush=True)
     ntp.append(mstep(model, plain, work / "ntp_mstep", steps, a))  # again: machine load drifts
     ntp_s = sum(n["seconds"] for n in ntp) / len(ntp)
 
     print(f"\nmodel {a.model}; backend {a.backend}; RL trainer {a.trainer}; G={a.samples}, tau={a.horizon}, "
-          f"RL steps {a.rl_steps} x {a.rl_snippets} snippets; position_fraction {a.position_fraction}")
+          f"RL steps {a.rl_steps} x {a.rl_snippets} snippets; position_fraction {a.position_fraction}; "
+          f"lookahead {a.lookahead}; batch_snippets {a.batch_snippets}")
     runs = ", ".join(f"{n['seconds']:.1f}" for n in ntp)
     print(f"NTP epoch: {steps} steps, {ntp_s:.1f} s (runs: {runs})")
-    print("| c | think rate | rollout share | thought tokens | mean gain | E-step s (RL) | M-step s (steps) "
-          "| iteration / NTP epoch | without the fixed RL cost |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| c | think rate | rollout share | discarded share | thought tokens | mean gain | E-step s (RL) "
+          "| M-step s (steps) | iteration / NTP epoch | without the fixed RL cost |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = (r["estep_s"] + r["mstep_s"]) / ntp_s
         no_rl = (r["estep_s"] - r["rl_s"] + r["mstep_s"]) / ntp_s
-        print(f"| {r['c']} | {r['think_rate']:.3f} | {r['rollout_share']:.3f} | {r['mean_thought_tokens']:.1f} "
+        print(f"| {r['c']} | {r['think_rate']:.3f} | {r['rollout_share']:.3f} | {r.get('discarded_share', 0):.3f} "
+              f"| {r['mean_thought_tokens']:.1f} "
               f"| {r['mean_gain']:.3f} | {r['estep_s']:.1f} ({r['rl_s']:.1f}) | {r['mstep_s']:.1f} "
               f"({r['mstep_steps']}) | {ratio:.2f}x | {no_rl:.2f}x |")
     print("RL costs rl_steps x rl_snippets searches + updates whatever the corpus size: on a real corpus it vanishes.")
+    for r in rows:
+        print(f"RL phases at c = {r['c']} (s, all steps): {r['rl_phases']}")
     (work / "results.json").write_text(json.dumps({"ntp": ntp, "rows": rows, "args": vars(a)}, indent=1))
 
 
