@@ -25,6 +25,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup
 from ra3_megatron.rollout.common import cut_at_stop
+from ra3_megatron.rollout.gqa_attention import gqa_attention
 from ra3_megatron.rollout.kv_store import KV, PrefixKVStore
 from ra3_megatron.rollout.prefix_scorer import prefix_pass
 
@@ -59,49 +60,6 @@ class _GrowingLayer(DynamicLayer):
         self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
 
 
-GQA_SDPA = "ra3_sdpa_gqa"
-
-
-def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """transformers' sdpa attention without its repeat_kv: with a padding mask it copies every
-    K/V head group-size times per layer per step (the whole decode cache); torch's CPU kernel
-    takes grouped heads directly (`enable_gqa`)."""
-    if attention_mask is not None and attention_mask.ndim == 4:
-        attention_mask = attention_mask[:, :, :, : key.shape[-2]]
-    causal = query.shape[2] > 1 and attention_mask is None and getattr(module, "is_causal", True)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=0.0, scale=scaling, is_causal=causal,
-        enable_gqa=key.shape[1] != query.shape[1],
-    )
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _register_attention() -> None:
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-    from transformers.modeling_utils import AttentionInterface
-
-    AttentionInterface.register(GQA_SDPA, _sdpa_gqa)
-    AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
-
-
-class _attention:
-    """Within the block, the model's attention layers run `name` (a registered implementation)."""
-
-    def __init__(self, model, name: str):
-        self.configs = {id(c): c for c in (model.config, model.get_decoder().config)}.values()
-        self.name = name
-
-    def __enter__(self):
-        self.saved = [c._attn_implementation for c in self.configs]
-        for c in self.configs:
-            c._attn_implementation = self.name
-
-    def __exit__(self, *exc):
-        for c, old in zip(self.configs, self.saved):
-            c._attn_implementation = old
-
-
-_register_attention()
 
 
 def _cache(kv: KV) -> DynamicCache:
@@ -266,8 +224,7 @@ def sample_batched(
             nxt, mask, pos = nxt[sel], mask[sel], pos[sel]
             active = [active[j] for j in keep]
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-        with _attention(model, GQA_SDPA if model.config._attn_implementation == "sdpa" else
-                        model.config._attn_implementation):
+        with gqa_attention(model):
             out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
                         past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1].float()

@@ -43,6 +43,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from ra3_megatron.rollout.base import ScoreGroup
+from ra3_megatron.rollout.gqa_attention import gqa_attention
 from ra3_megatron.rollout.kv_store import PrefixKVStore
 from ra3_megatron.rollout.onednn import onednn_linears
 from ra3_megatron.rollout.packed_llama import KV, PackedDecoder, Segments, packable
@@ -228,9 +229,10 @@ def prefix_pass(model, groups: list[ScoreGroup], store: PrefixKVStore | None, ke
         cache.layers.append(layer)
     pos = torch.tensor(cached, device=dev)[:, None] + torch.arange(N, device=dev)[None, :]
     mask = torch.cat([cmask, nmask], dim=1)
-    out = base(
-        input_ids=ids, attention_mask=mask.long(), position_ids=pos, past_key_values=cache, use_cache=True
-    )
+    with gqa_attention(model):
+        out = base(
+            input_ids=ids, attention_mask=mask.long(), position_ids=pos, past_key_values=cache, use_cache=True
+        )
     last = out.last_hidden_state[torch.arange(B, device=dev), torch.tensor(fresh, device=dev) - 1]
     kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
     if store is not None:
