@@ -100,6 +100,8 @@ def main() -> None:
     p.add_argument("--position-fraction", type=float, default=1.0)
     p.add_argument("--lookahead", type=int, default=8, help="rollouts per speculative window (1: one at a time)")
     p.add_argument("--batch-snippets", type=int, default=16, help="snippets searched in lockstep")
+    p.add_argument("--score-matmul-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="--backend hf: E-step scoring matmuls (bfloat16: faster, log-probs off by ~0.03)")
     p.add_argument("--snippet-tokens", type=int, default=512)
     p.add_argument("--pretrain-steps", type=int, default=150, help="NTP steps on another stdlib slice first (tiny)")
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
@@ -154,6 +156,8 @@ def main() -> None:
                 "--lookahead", str(a.lookahead), "--batch-snippets", str(a.batch_snippets),
                 "--no-progress"]
         args += ["--threads", str(a.threads)]
+        if a.backend == "hf":
+            args += ["--score-matmul-dtype", a.score_matmul_dtype]
         e_wall = ra3(*args)
         stats = json.loads((out / "stats.json").read_text())
         data = work / f"infused_c{c}" / "train"
@@ -172,7 +176,7 @@ def main() -> None:
 
     print(f"\nmodel {a.model}; backend {a.backend}; RL trainer {a.trainer}; G={a.samples}, tau={a.horizon}, "
           f"RL steps {a.rl_steps} x {a.rl_snippets} snippets; position_fraction {a.position_fraction}; "
-          f"lookahead {a.lookahead}; batch_snippets {a.batch_snippets}")
+          f"lookahead {a.lookahead}; batch_snippets {a.batch_snippets}; scoring matmuls {a.score_matmul_dtype}")
     runs = ", ".join(f"{n['seconds']:.1f}" for n in ntp)
     print(f"NTP epoch: {steps} steps, {ntp_s:.1f} s (runs: {runs})")
     print("| c | think rate | rollout share | discarded share | thought tokens | mean gain | E-step s (RL) "
