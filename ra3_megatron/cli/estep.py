@@ -78,7 +78,7 @@ def engine_factory(args: argparse.Namespace):
         return make_fake
     extra = {"threads": args.threads} if args.threads else {}
     if args.backend == "hf":
-        extra["score_matmul_dtype"] = args.score_matmul_dtype
+        extra["score_matmul_dtype"] = getattr(args, "score_matmul_dtype", "float32")
 
     def make(model_dir: str):
         return create_engine(args.backend, model=str(model_dir), **extra)
