@@ -50,6 +50,11 @@ class EStepConfig:
     micro_batch: int = 16  # RL examples per forward/backward
     end_token_in_loss: bool = True  # a thought's loss also covers the newline token that ends it
     max_rl_tokens: int = 2048  # RL examples longer than this lose the start of their prefix
+    # The PPO ratio's old log-probs: "engine" asks q's rollout engine when it computes the
+    # trainer's log-probs exactly (`trainer_exact_logprobs`: the transformers backend in float32,
+    # same weights, synced after every step; its prefix store already holds the prefixes, so
+    # only the options run), else the trainer; "trainer": always a trainer forward pass. (ours)
+    old_logprobs: Literal["engine", "trainer"] = "engine"
     # --- plumbing ---
     batch_snippets: int = 16  # snippets searched in lockstep: one engine call serves all of them
     max_snippet_tokens: int = 1024  # documents are chunked to this budget (`chunk_snippets`)
@@ -73,7 +78,7 @@ class EStepConfig:
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         choices = {"gain_norm": ("mean", "sum"), "decision": ("sample", "force"),
-                   "advantage": ("rloo", "grpo")}
+                   "advantage": ("rloo", "grpo"), "old_logprobs": ("engine", "trainer")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

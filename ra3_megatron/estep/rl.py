@@ -4,7 +4,8 @@ A batch is a dict of [B, s] tensors in the Megatron micro-batch layout (`megatro
 `tokens`, `labels` (tokens shifted by one), `loss_mask` (1 on the labels that are actions: the
 decision token of every option, plus the thought tokens and the newline ending a thought),
 `position_ids`, `advantages` (the option's group-relative advantage on its loss tokens),
-`old_logprobs` (log q(label) before the step, from the trainer) and, with a KL term,
+`old_logprobs` (log q(label) before the step: from q's rollout engine, which holds the trainer's
+weights and most prefixes already, or from a trainer forward pass) and, with a KL term,
 `ref_logprobs` (log pi(label) from the scorer engine: q starts as a copy of pi).
 Groups whose advantages are all zero carry no signal and are dropped.
 
@@ -108,7 +109,9 @@ def trim(batch: Batch, multiple: int = 16) -> Batch:
 
 
 def engine_logprobs(engine, batch: Batch) -> Any:
-    """log p(labels) per position from a rollout engine (the scorer pi), [B, s]; 0 where unmasked."""
+    """log p(labels) per position from a rollout engine, [B, s]; 0 outside [first, last] loss
+    position of each row. A row is one group: the tokens before its first loss position are the
+    prefix, so an engine with a prefix store (the transformers backend) computes only the option."""
     import torch
 
     groups, rows = [], []
@@ -116,13 +119,13 @@ def engine_logprobs(engine, batch: Batch) -> Any:
         valid = batch["loss_mask"][r].nonzero()
         if len(valid) == 0:
             continue
-        last = int(valid[-1]) + 1
-        seq = [int(batch["tokens"][r, 0]), *batch["labels"][r, :last].tolist()]
-        groups.append(ScoreGroup(tuple(seq[:1]), (ScoreOption((), tuple(seq[1:])),)))
-        rows.append((r, last))
+        first, last = int(valid[0]), int(valid[-1]) + 1
+        seq = [int(batch["tokens"][r, 0]), *batch["labels"][r, :last].tolist()]  # seq[j + 1] = label j
+        groups.append(ScoreGroup(tuple(seq[: first + 1]), (ScoreOption((), tuple(seq[first + 1 :])),)))
+        rows.append((r, first, last))
     out = torch.zeros_like(batch["loss_mask"], dtype=torch.float32)
-    for (r, last), scores in zip(rows, engine.score_groups(groups)):
-        out[r, :last] = torch.tensor(scores[0], dtype=torch.float32)
+    for (r, first, last), scores in zip(rows, engine.score_groups(groups)):
+        out[r, first:last] = torch.tensor(scores[0], dtype=torch.float32)
     return out
 
 
@@ -183,7 +186,10 @@ def run_rl(
                                   "examples": len(examples)}
         if examples:
             batch = build_batch(examples, pad_id=pad_id)
-            batch["old_logprobs"] = trainer.logprobs(batch)
+            if cfg.old_logprobs == "engine" and getattr(sampler, "trainer_exact_logprobs", False):
+                batch["old_logprobs"] = engine_logprobs(sampler, batch)
+            else:
+                batch["old_logprobs"] = trainer.logprobs(batch)
             if cfg.kl_coef:
                 batch["ref_logprobs"] = engine_logprobs(scorer, batch)
             clock.lap("logprobs_s")

@@ -53,6 +53,12 @@ class HFEngineConfig:
 
 
 class HFEngine:
+    @property
+    def trainer_exact_logprobs(self) -> bool:
+        """Whether this engine's log-probs are a float32 trainer's on the same weights (to float
+        rounding): then the E-step's RL takes its PPO old log-probs from here (EStepConfig)."""
+        return self.model.dtype == torch.float32
+
     def __init__(self, model: str | Path, config: HFEngineConfig | None = None, **overrides):
         self.config = cfg = split_overrides(HFEngineConfig, config, overrides)
         if cfg.scorer not in ("prefix-cache", "naive"):

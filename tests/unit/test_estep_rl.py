@@ -67,3 +67,47 @@ def test_trim_cuts_after_the_last_loss_position():
     assert tuple(cut["tokens"].shape) == (3, 8)
     for k in ("tokens", "labels", "loss_mask", "advantages"):
         assert cut[k].tolist() == batch[k][:, :8].tolist()
+
+
+class _RecordingTrainer:
+    def __init__(self):
+        self.logprob_calls, self.olds = 0, []
+
+    def logprobs(self, batch):
+        import torch
+
+        self.logprob_calls += 1
+        return torch.full(batch["loss_mask"].shape, -1.0)
+
+    def step(self, batch):
+        self.olds.append(batch["old_logprobs"].clone())
+        return {"loss": 0.0}
+
+    def export_weights(self, out_dir):
+        pass
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_old_logprobs_come_from_the_engine_only_when_it_computes_the_trainers(tiny_tokenizer_dir, tmp_path, exact):
+    """EStepConfig.old_logprobs="engine": q's engine answers when it declares trainer-exact
+    log-probs (the float32 transformers backend); otherwise (the fake here) the trainer does."""
+    import torch
+
+    from ra3_megatron.estep.config import EStepConfig
+    from ra3_megatron.estep.rl import run_rl
+    from ra3_megatron.rollout.fake import FakeEngine
+
+    code = "def f(a, b):\n    x = a + b\n    y = x * 2\n    return y\n"
+    sampler = FakeEngine(corpus=[code], tokenizer=str(tiny_tokenizer_dir))
+    scorer = FakeEngine(corpus=[code], tokenizer=str(tiny_tokenizer_dir))
+    sampler.trainer_exact_logprobs = exact
+    sampler.load_weights = lambda d: None
+    trainer = _RecordingTrainer()
+    cfg = EStepConfig(rl_steps=1, rl_snippets=2, decision="force", penalty=0.0, python=False)
+    history = run_rl(iter([("a", code), ("b", code)]), sampler=sampler, scorer=scorer, trainer=trainer,
+                     cfg=cfg, work_dir=tmp_path)
+    assert history[0]["examples"] > 0 and len(trainer.olds) == 1
+    assert trainer.logprob_calls == (0 if exact else 1)
+    old = trainer.olds[0]
+    assert bool((old < 0).all()) if not exact else bool((old[old != 0] != -1.0).all())
+    assert torch.isfinite(old).all()
