@@ -401,3 +401,18 @@ def score_groups_naive(model, groups: Sequence[ScoreGroup], batch_rows: int = 8)
         scores.append(flat[k : k + len(g.options)])
         k += len(g.options)
     return scores
+
+
+def score_groups_one_by_one(model, groups: Sequence[ScoreGroup]) -> Scores:
+    """The plainest truth, for tests: each option's full sequence alone, no padding, no cache."""
+    out = []
+    with torch.inference_mode():
+        for g in groups:
+            per = []
+            for o in g.options:
+                seq = list(g.prefix) + list(o.middle) + list(o.target)
+                start = len(g.prefix) + len(o.middle)
+                logp = torch.log_softmax(model(input_ids=torch.tensor([seq], device=model.device)).logits[0].float(), -1)
+                per.append([logp[start - 1 + j, t].item() for j, t in enumerate(o.target)])
+            out.append(per)
+    return out

@@ -52,18 +52,9 @@ def random_groups(seed: int, vocab: int, n_groups: int = 6) -> list[ScoreGroup]:
 
 
 def one_by_one(model, groups):
-    """The plainest truth: each full sequence alone, no padding, no cache."""
-    out = []
-    with torch.inference_mode():
-        for g in groups:
-            per = []
-            for o in g.options:
-                seq = list(g.prefix) + list(o.middle) + list(o.target)
-                start = len(g.prefix) + len(o.middle)
-                logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
-                per.append([logp[start - 1 + j, t].item() for j, t in enumerate(o.target)])
-            out.append(per)
-    return out
+    from ra3_megatron.rollout.prefix_scorer import score_groups_one_by_one
+
+    return score_groups_one_by_one(model, groups)
 
 
 def max_diff(a, b):

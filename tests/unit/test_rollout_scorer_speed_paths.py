@@ -96,17 +96,9 @@ def groups_for(seed: int) -> list[ScoreGroup]:
 
 
 def one_by_one(model, groups):
-    out = []
-    with torch.inference_mode():
-        for g in groups:
-            per = []
-            for o in g.options:
-                seq = list(g.prefix) + list(o.middle) + list(o.target)
-                start = len(g.prefix) + len(o.middle)
-                logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
-                per.append([logp[start - 1 + j, t].item() for j, t in enumerate(o.target)])
-            out.append(per)
-    return out
+    from ra3_megatron.rollout.prefix_scorer import score_groups_one_by_one
+
+    return score_groups_one_by_one(model, groups)
 
 
 def max_diff(a, b) -> float:
