@@ -15,10 +15,16 @@ seeded random `position_fraction` of them):
 Each position with a rollout becomes an RL group {act, z_1..z_k} with group-relative
 advantages: the training examples of `estep.rl`.
 
-The search is a generator: it yields engine requests (`ScoreRequest`, `SampleRequest`) and
-receives their answers, so `estep.batch` can serve many snippets with one engine call.
-`search_snippet` drives a single one. Randomness (positions, decisions) comes from a generator
-seeded by (seed, snippet id, phase), so a snippet's search does not depend on its batch.
+Rollouts go in lookahead windows (`cfg.lookahead`): the next few rollout positions are sampled
+and scored in one `Bundle`, as if no thought were chosen before them; the commit then walks
+them left to right and, at a chosen thought, drops the rest of the window (counted in
+`stats.discarded`) and plans again from the next line with the thought in the prefix.
+
+The search is a generator: it yields engine requests (`ProbeRequest`, `ChainRequest`,
+`ScoreRequest`, `SampleRequest`, or a `Bundle` of them) and receives their answers, so
+`estep.batch` can serve many snippets with one engine call. `search_snippet` drives a single
+one. Randomness (positions, decisions) comes from a generator seeded by (seed, snippet id,
+phase), so a snippet's search does not depend on its batch.
 """
 
 from __future__ import annotations
