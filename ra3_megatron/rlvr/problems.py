@@ -20,7 +20,6 @@ read as `eval.benchmarks` reads them. A bad line is an InputError naming the fil
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,24 +96,19 @@ def _task_from_row(path, lineno: int, row) -> Task:
 
 
 def load_jsonl(path: str | os.PathLike) -> list[Task]:
-    """Tasks of a user jsonl (see the module docstring); blank lines are skipped."""
+    """Tasks of a user jsonl (see the module docstring; `.gz` too); blank lines are skipped."""
+    from ra3_megatron.eval.benchmarks import read_jsonl
+
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "problem file not found")
     tasks, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", lineno) from None
-            task = _task_from_row(path, lineno, row)
-            if task.task_id in seen:
-                raise InputError(path, f"duplicate task_id {task.task_id!r} (first on line {seen[task.task_id]})", lineno)
-            seen[task.task_id] = lineno
-            tasks.append(task)
+    for lineno, row in read_jsonl(path):
+        task = _task_from_row(path, lineno, row)
+        if task.task_id in seen:
+            raise InputError(path, f"duplicate task_id {task.task_id!r} (first on line {seen[task.task_id]})", lineno)
+        seen[task.task_id] = lineno
+        tasks.append(task)
     if not tasks:
         raise InputError(path, "no problems in the file")
     return tasks

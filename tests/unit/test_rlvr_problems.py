@@ -47,7 +47,7 @@ def test_jsonl_problem_and_defaults(tmp_path):
     "line, problem",
     [
         ("{not json", "not valid JSON"),
-        ("[1, 2]", "expected a JSON object"),
+        ("[1, 2]", "must be a JSON object"),
         (json.dumps({"tests": ["assert True"]}), 'missing field "prompt"'),
         (json.dumps({"prompt": "  ", "tests": ["assert True"]}), 'field "prompt" is empty'),
         (json.dumps({"prompt": 3, "tests": ["assert True"]}), 'field "prompt" must be a string'),
