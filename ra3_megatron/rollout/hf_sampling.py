@@ -27,7 +27,7 @@ from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup
 from ra3_megatron.rollout.common import cut_at_stop
 from ra3_megatron.rollout.gqa_attention import gqa_attention
 from ra3_megatron.rollout.kv_store import KV, PrefixKVStore
-from ra3_megatron.rollout.prefix_scorer import prefix_pass
+from ra3_megatron.rollout.prefix_scorer import _head_logprobs, prefix_pass
 
 
 class _GrowingLayer(DynamicLayer):
@@ -58,8 +58,6 @@ class _GrowingLayer(DynamicLayer):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self._k, self._v = self._k.index_select(0, indices), self._v.index_select(0, indices)
         self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
-
-
 
 
 def _cache(kv: KV) -> DynamicCache:
@@ -100,29 +98,21 @@ def probe_logprobs(model, ids: Sequence[int], positions: Sequence[int], tokens: 
     seq = list(ids[: max(positions)])
     hidden, c, _ = _forward_with_store(model, seq, store, keep=len(seq) - min(positions) + 1)
     at = torch.tensor([p - 1 - c for p in positions], device=dev)  # the state that predicts token p
-    logits = model.get_output_embeddings()(hidden[at]).float()
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(list(tokens), device=dev)[:, None])
-    return lp[:, 0].tolist()
+    return _head_logprobs(model, hidden[at], torch.tensor(list(tokens), device=dev), 256).tolist()
 
 
 def sequence_logprobs(model, ids: Sequence[int], start: int, store: PrefixKVStore | None,
                       head_chunk: int = 256) -> list[float]:
     """log p(ids[i] | ids[:i]) for i in [start, len(ids)), from one pass (past what the store
-    holds); the head runs in chunks of `head_chunk` positions (a [chunk, vocab] block)."""
+    holds); the head runs in chunks of `head_chunk` positions (the scorer's `_head_logprobs`)."""
     if start < 1 or start > len(ids):
         raise ValueError(f"sequence_logprobs: start must be in [1, {len(ids)}], got {start}")
     if start == len(ids):
         return []
     dev = model.device
     hidden, c, _ = _forward_with_store(model, ids[:-1], store, keep=len(ids) - start)
-    hidden = hidden[start - 1 - c :]
     tgt = torch.tensor(list(ids[start:]), device=dev)
-    head = model.get_output_embeddings()
-    out = []
-    for a in range(0, len(tgt), head_chunk):
-        logits = head(hidden[a : a + head_chunk]).float()
-        out.append(torch.log_softmax(logits, -1).gather(1, tgt[a : a + head_chunk, None])[:, 0])
-    return torch.cat(out).tolist()
+    return _head_logprobs(model, hidden[start - 1 - c :], tgt, head_chunk).tolist()
 
 
 def sample_rows(logits: torch.Tensor, cfg: SamplingConfig, gens: Sequence[torch.Generator],
