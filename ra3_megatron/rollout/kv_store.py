@@ -16,11 +16,33 @@ from collections.abc import Sequence
 
 KV = list[tuple[object, object]]  # per layer (keys, values), torch tensors
 
+# Entries are indexed by their first BUCKET tokens: a lookup compares only the entries that share
+# them (one snippet's walk) instead of every entry in the store, and falls back to a full scan
+# when none does. Why it matters: the E-step looks the store up thousands of times over stores
+# of thousands of entries, and a linear scan of token tuples then costs seconds.
+BUCKET = 8
+
+
+def common_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many leading tokens a and b share: bisection over slice compares, which run in C."""
+    m = min(len(a), len(b))
+    if a[:m] == b[:m]:
+        return m
+    lo, hi = 0, m  # a[:lo] == b[:lo]; a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
 
 class PrefixKVStore:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[int, ...], tuple[KV, int]] = OrderedDict()
+        self._buckets: dict[tuple[int, ...], set[tuple[int, ...]]] = {}  # key[:BUCKET] -> keys
         self.bytes = 0
         self.hits = 0  # lookups that found a stored prefix
         self.reused_tokens = 0  # prefix tokens not recomputed thanks to the store
@@ -48,14 +70,16 @@ class PrefixKVStore:
         """(n, K/V, key) of the entry sharing the most leading tokens with `tokens` (n >= 1), or
         None. The K/V is the whole entry's: its first n positions are those of tokens[:n]."""
         tokens = tuple(tokens)
+        if not tokens:
+            return None
+        # An entry sharing BUCKET tokens beats every entry that shares fewer, so the bucket decides
+        # whenever it holds one; otherwise the scan finds the (short) best match anywhere.
+        bucket = self._buckets.get(tokens[:BUCKET]) if len(tokens) >= BUCKET else None
         best_n, best = 0, None
-        for key in self._entries:
-            if not key or not tokens or key[0] != tokens[0]:
+        for key in bucket or self._entries:
+            if not key or key[0] != tokens[0] or min(len(key), len(tokens)) <= best_n:
                 continue
-            m = min(len(key), len(tokens))
-            if m <= best_n:
-                continue
-            n = m if key[:m] == tokens[:m] else next(i for i in range(m) if key[i] != tokens[i])
+            n = common_length(key, tokens)
             if n > best_n:
                 best_n, best = n, key
         if best is None:
@@ -70,16 +94,22 @@ class PrefixKVStore:
             return
         self.discard(key)
         self._entries[key] = (kv, size)
+        self._buckets.setdefault(key[:BUCKET], set()).add(key)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            _, (_, old) = self._entries.popitem(last=False)
-            self.bytes -= old
+            self.discard(next(iter(self._entries)))  # least recently used
 
     def discard(self, tokens: Sequence[int]) -> None:
-        entry = self._entries.pop(tuple(tokens), None)
+        key = tuple(tokens)
+        entry = self._entries.pop(key, None)
         if entry is not None:
             self.bytes -= entry[1]
+            bucket = self._buckets[key[:BUCKET]]
+            bucket.discard(key)
+            if not bucket:
+                del self._buckets[key[:BUCKET]]
 
     def clear(self) -> None:
         self._entries.clear()
+        self._buckets.clear()
         self.bytes = 0

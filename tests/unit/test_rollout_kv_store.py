@@ -56,3 +56,32 @@ def test_longest_common_finds_the_entry_sharing_most_leading_tokens():
     assert store.longest_common((1, 2, 9, 9))[0] == 3
     assert store.longest_common((1, 2))[0] == 2
     assert store.longest_common((5, 1)) is None and store.longest_common(()) is None
+
+
+def test_longest_common_agrees_with_a_brute_force_scan_through_puts_evictions_and_discards():
+    """The first-tokens index must never hide the best entry: random walks that share long
+    headers (like files that start with the same licence), forks before and after the index
+    length, short keys, evictions and discards, checked against a scan of every entry."""
+    import random
+
+    from ra3_megatron.rollout.kv_store import BUCKET, common_length
+
+    rng = random.Random(0)
+    header = tuple(rng.randrange(4) for _ in range(BUCKET + 3))
+    store = PrefixKVStore(2 * 4 * 4 * 4 * 400)  # room for about 400 tokens of K/V
+    for _ in range(400):
+        cut = rng.choice((0, 2, BUCKET - 1, BUCKET, len(header)))
+        tokens = header[:cut] + tuple(rng.randrange(4) for _ in range(rng.randrange(1, 30)))
+        op = rng.random()
+        if op < 0.5:
+            store.put(tokens, kv(len(tokens), layers=1))
+        elif op < 0.6 and len(store):
+            store.discard(rng.choice(list(store._entries)))
+        else:
+            want = max((common_length(k, tokens) for k in store._entries), default=0)
+            got = store.longest_common(tokens)
+            assert (got[0] if got else 0) == want
+            if got:
+                assert got[2][: got[0]] == tokens[: got[0]]
+    assert sum(len(b) for b in store._buckets.values()) == len(store)
+    assert common_length((1, 2, 3), (1, 2, 3)) == 3 and common_length((1, 2, 3), (1, 5)) == 1
