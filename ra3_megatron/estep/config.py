@@ -50,6 +50,10 @@ class EStepConfig:
     micro_batch: int = 16  # RL examples per forward/backward
     end_token_in_loss: bool = True  # a thought's loss also covers the newline token that ends it
     max_rl_tokens: int = 2048  # RL examples longer than this lose the start of their prefix
+    # How the step's examples become trainer rows: "tree": examples sharing a prefix in one row,
+    # the prefix computed once (`estep.tree_rows`; trainers that can, else "fold"); "fold": an
+    # example that begins another rides in its row; "plain": one row per example. (ours)
+    rl_rows: Literal["tree", "fold", "plain"] = "tree"
     # The PPO ratio's old log-probs: "engine" asks q's rollout engine when it computes the
     # trainer's log-probs exactly (`trainer_exact_logprobs`: the transformers backend in float32,
     # same weights, synced after every step; its prefix store already holds the prefixes, so
@@ -78,7 +82,8 @@ class EStepConfig:
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         choices = {"gain_norm": ("mean", "sum"), "decision": ("sample", "force"),
-                   "advantage": ("rloo", "grpo"), "old_logprobs": ("engine", "trainer")}
+                   "advantage": ("rloo", "grpo"), "old_logprobs": ("engine", "trainer"),
+                   "rl_rows": ("tree", "fold", "plain")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -5,9 +5,11 @@ stepped with `policy_gradient_loss_factory` (PPO clipped surrogate + optional k3
 `core.losses.policy_gradient_loss`), its log-probs come from `engine.forward_logprobs`, and the
 new weights leave through `engine.save_hf` for the rollout engine.
 
-One RL batch is split into optimizer steps of `rows_per_update` rows (the engine's global batch);
-the last one is padded with copies of a row whose loss mask is zero, which add no loss and no
-tokens. Runs on one rank (`ra3 estep --trainer megatron`); when the E-step workers are the ranks of a torchrun
+One RL batch is split into optimizer steps of `rows_per_update` rows (the engine's global batch),
+each cut into the engine's micro-batches (`_updates`: without a pipeline each is trimmed to its
+own rows; rows without loss fill what a step lacks and add no loss and no tokens). Tree rows
+(`estep.tree_rows`) are trained when the attention applies explicit masks (`supports_tree_rows`).
+Runs on one rank (`ra3 estep --trainer megatron`); when the E-step workers are the ranks of a torchrun
 job, worker 0 trains q in a process group of its own (the other workers only infuse).
 
     trainer = MegatronPolicyTrainer.from_hf(model_dir, lr=1e-5, micro_batch=4, rows_per_update=16)
@@ -54,6 +56,13 @@ class MegatronPolicyTrainer:
         self.tokenizer_dir = tokenizer_dir
         self.rows_per_update = engine.cfg.global_batch_size
         self.steps = 0
+        # Tree rows (estep.tree_rows) need an attention that applies the batch's mask and RoPE at
+        # the batch's position ids: Megatron's local attention, not Transformer Engine's.
+        from ra3_megatron.megatron.tree_attention import honours_attention_mask, use_position_ids_for_rope
+
+        self.supports_tree_rows = honours_attention_mask(engine.chunks)
+        if self.supports_tree_rows:
+            use_position_ids_for_rope(engine.chunks)
 
     @classmethod
     def from_hf(
@@ -86,21 +95,33 @@ class MegatronPolicyTrainer:
         )
         return cls(engine, clip_eps=clip_eps, kl_coef=kl_coef, tokenizer_dir=model_dir)
 
+    def _pipelined(self) -> bool:
+        from megatron.core import parallel_state as ps
+
+        return ps.get_pipeline_model_parallel_world_size() > 1
+
     def logprobs(self, batch: dict[str, Any]):
-        """Per update-sized slice of rows, each cut after its last loss position (no padding work)."""
+        """Per slice of rows, each cut after its last loss position (no padding work). Without a
+        pipeline a slice is one micro-batch; a pipeline needs equal shapes within its update."""
         import torch
 
         from ra3_megatron.estep.rl import trim
 
         out = torch.zeros(batch["loss_mask"].shape, dtype=torch.float32)
         rows = int(out.shape[0])
-        for start in range(0, rows, self.rows_per_update):
-            part = trim({k: v[start : start + self.rows_per_update] for k, v in batch.items() if torch.is_tensor(v)})
+        size = self.rows_per_update if self._pipelined() else self.engine.cfg.micro_batch_size
+        for start in range(0, rows, size):
+            part = trim({k: v[start : start + size] for k, v in batch.items() if torch.is_tensor(v)})
             lp = self.engine.forward_logprobs(part).float().cpu()
             out[start : start + lp.shape[0], : lp.shape[1]] = lp
         return out
 
     def _updates(self, batch: dict[str, Any]):
+        """Per optimizer step, its micro-batches. Without a pipeline each micro-batch holds a
+        share of the rows and is cut after its own last loss position (rows arrive sorted by
+        length, so there is little padding), and a step with fewer rows than micro-batches gets
+        one-row, 16-token micro-batches without loss; a pipeline needs one shape throughout, so
+        there the last step is filled with copies of a row whose loss mask is zero."""
         import torch
 
         from ra3_megatron.estep.rl import trim
@@ -109,8 +130,12 @@ class MegatronPolicyTrainer:
         keys = [k for k, v in batch.items() if torch.is_tensor(v)]
         n = self.rows_per_update
         mbs = self.engine.cfg.micro_batch_size
+        pipelined = self._pipelined()
         for start in range(0, rows, n):
             part = {k: batch[k][start : start + n] for k in keys}
+            if not pipelined:
+                yield [self._micro(part, chunk) for chunk in _shares(int(part["tokens"].shape[0]), n // mbs)]
+                continue
             pad = n - int(part["tokens"].shape[0])
             if pad:
                 filler = {k: v[:1].expand(pad, *v.shape[1:]) for k, v in part.items()}
@@ -118,6 +143,19 @@ class MegatronPolicyTrainer:
                 part = {k: torch.cat([part[k], filler[k]]) for k in keys}
             part = trim(part)
             yield [{k: v[i : i + mbs].contiguous() for k, v in part.items()} for i in range(0, n, mbs)]
+
+    @staticmethod
+    def _micro(part: dict[str, Any], rows: range) -> dict[str, Any]:
+        import torch
+
+        from ra3_megatron.estep.rl import trim
+
+        if len(rows):
+            return trim({k: v[rows.start : rows.stop] for k, v in part.items()})
+        filler = trim({k: v[:1] for k, v in part.items()}, multiple=16)
+        filler = {k: (v[:, :, :16, :16] if v.dim() == 4 else v[:, :16]).contiguous() for k, v in filler.items()}
+        filler["loss_mask"] = torch.zeros_like(filler["loss_mask"])
+        return filler
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         from ra3_megatron.megatron.forward_step import policy_gradient_loss_factory
@@ -143,3 +181,14 @@ class MegatronPolicyTrainer:
 
     def export_weights(self, out_dir: str | Path) -> None:
         self.engine.save_hf(out_dir, tokenizer_dir=self.tokenizer_dir)
+
+
+def _shares(rows: int, parts: int) -> list[range]:
+    """`rows` consecutive rows cut into `parts` near-equal ranges (empty ones when rows < parts)."""
+    base, extra = divmod(rows, parts)
+    out, at = [], 0
+    for i in range(parts):
+        size = base + (i < extra)
+        out.append(range(at, at + size))
+        at += size
+    return out

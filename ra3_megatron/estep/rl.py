@@ -51,12 +51,19 @@ class PolicyTrainer(Protocol):
 @dataclass(frozen=True)
 class RLExample:
     tokens: tuple[int, ...]
-    loss_from: int  # index in tokens of the first token the loss covers
+    loss_from: int  # index in tokens of the first token the loss covers (it covers them to the end)
     advantage: float
+    # Loss spans (from, to, advantage) of shorter examples whose tokens begin this one's and
+    # that were folded into it (`fold_prefixes`): tokens[from:to] carry that advantage.
+    folded: tuple[tuple[int, int, float], ...] = ()
+
+    def spans(self) -> list[tuple[int, int, float]]:
+        return [*self.folded, (self.loss_from, len(self.tokens), self.advantage)]
 
 
-def examples_from_groups(groups: Iterable[PositionGroup], max_tokens: int) -> list[RLExample]:
-    """One example per option of every group with a non-zero advantage; long prefixes lose their start."""
+def examples_from_groups(groups: Iterable[PositionGroup], max_tokens: int, fold: bool = True) -> list[RLExample]:
+    """One example per option of every group with a non-zero advantage; long prefixes lose their
+    start. `fold`: examples that begin another one ride in its row (`fold_prefixes`)."""
     out = []
     for g in groups:
         if all(o.advantage == 0.0 for o in g.options):
@@ -68,7 +75,34 @@ def examples_from_groups(groups: Iterable[PositionGroup], max_tokens: int) -> li
             tokens, start = tokens[cut:], max(1, start - cut)
             if start < len(tokens):
                 out.append(RLExample(tokens=tokens, loss_from=start, advantage=o.advantage))
-    return out
+    return fold_prefixes(out) if fold else out
+
+
+def fold_prefixes(examples: Sequence[RLExample]) -> list[RLExample]:
+    """Fold every example whose tokens begin another example (and end before that one's loss
+    starts) into that one's row: one row then trains both, with the same log-probs (attention
+    is causal) and the same loss (a token sum), on fewer tokens.
+
+    Why it pays: the E-step walks a snippet left to right, so the prefix at a later position is
+    the infused text so far; `<act>`'s example (prefix + the decision token) and the chosen
+    thought's example at every earlier position are prefixes of every later example of the
+    snippet. Unfolded, each carries the whole prefix again: most of an RL step's tokens.
+    In lexicographic order, the examples that begin with A follow A in one run, so A folds into
+    its successor when it begins it; chains fold through."""
+    order = sorted(range(len(examples)), key=lambda i: examples[i].tokens)
+    hosts: dict[int, RLExample] = {}  # original index -> the row it became
+    carry: tuple[tuple[int, int, float], ...] = ()
+    for k, i in enumerate(order):
+        e = examples[i]
+        e = RLExample(e.tokens, e.loss_from, e.advantage, (*carry, *e.folded))
+        nxt = examples[order[k + 1]] if k + 1 < len(order) else None
+        n = len(e.tokens)
+        if nxt is not None and len(nxt.tokens) > n and nxt.tokens[:n] == e.tokens and nxt.loss_from >= n:
+            carry = tuple(e.spans())
+        else:
+            carry = ()
+            hosts[i] = e
+    return [hosts[i] for i in sorted(hosts)]  # the rows in the examples' order
 
 
 def build_batch(examples: Sequence[RLExample], pad_id: int = 0, multiple: int = 16) -> Batch:
@@ -88,8 +122,9 @@ def build_batch(examples: Sequence[RLExample], pad_id: int = 0, multiple: int = 
         n = len(e.tokens) - 1
         tokens[r, :n] = torch.tensor(e.tokens[:-1])
         labels[r, :n] = torch.tensor(e.tokens[1:])
-        mask[r, e.loss_from - 1 : n] = 1.0  # label j is token j + 1
-        adv[r, e.loss_from - 1 : n] = e.advantage
+        for start, end, advantage in e.spans():
+            mask[r, start - 1 : end - 1] = 1.0  # label j is token j + 1
+            adv[r, start - 1 : end - 1] = advantage
     position_ids = torch.arange(s).unsqueeze(0).expand(b, s).contiguous()
     return {"tokens": tokens, "labels": labels, "loss_mask": mask, "position_ids": position_ids,
             "advantages": adv}
@@ -105,13 +140,22 @@ def trim(batch: Batch, multiple: int = 16) -> Batch:
         return batch
     s = int(batch["loss_mask"].shape[1])
     n = min(s, -(-(int(cols[:, 1].max()) + 1) // multiple) * multiple)
-    return {k: (v[:, :n].contiguous() if torch.is_tensor(v) and v.dim() == 2 else v) for k, v in batch.items()}
+
+    def cut(v):
+        if not torch.is_tensor(v):
+            return v
+        if v.dim() == 4:  # attention_mask [b, 1, s, s]
+            return v[:, :, :n, :n].contiguous()
+        return v[:, :n].contiguous() if v.dim() == 2 else v
+
+    return {k: cut(v) for k, v in batch.items()}
 
 
 def engine_logprobs(engine, batch: Batch) -> Any:
     """log p(labels) per position from a rollout engine, [B, s]; 0 outside [first, last] loss
-    position of each row. A row is one group: the tokens before its first loss position are the
-    prefix, so an engine with a prefix store (the transformers backend) computes only the option."""
+    position of each row. The tokens before a row's first loss position are a search prefix, so
+    an engine with a prefix store (the transformers backend) computes only the rest (a folded
+    row's later options score the code between them too, which costs a little, not the prefix)."""
     import torch
 
     groups, rows = [], []
@@ -127,6 +171,36 @@ def engine_logprobs(engine, batch: Batch) -> Any:
     for (r, first, last), scores in zip(rows, engine.score_groups(groups)):
         out[r, first:last] = torch.tensor(scores[0], dtype=torch.float32)
     return out
+
+
+def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: PolicyTrainer, cfg: EStepConfig,
+                 pad_id: int) -> tuple[Batch, int]:
+    """The step's batch with old (and, with KL, reference) log-probs: tree rows when the config
+    asks for them and the trainer can train them (`estep.tree_rows`), else one row per example.
+    Engine log-probs are computed on the linear rows (engines score sequences) and moved over.
+    Returns the batch and the tokens its rows hold (padding aside)."""
+    from ra3_megatron.estep import tree_rows
+
+    linear = build_batch(examples, pad_id=pad_id)
+    use_engine = cfg.old_logprobs == "engine" and getattr(sampler, "trainer_exact_logprobs", False)
+    trees = cfg.rl_rows == "tree" and getattr(trainer, "supports_tree_rows", False)
+    if trees:
+        rows = sorted(tree_rows.plan_trees(examples, cfg.max_rl_tokens), key=lambda r: r.length)
+        batch, where = tree_rows.build_tree_batch(examples, rows, pad_id=pad_id)
+        src = tree_rows.linear_positions(examples)
+        row_tokens = sum(r.length for r in rows)
+    else:
+        batch = linear
+        row_tokens = sum(len(e.tokens) for e in examples)
+
+    def from_engine(engine):
+        lp = engine_logprobs(engine, linear)
+        return tree_rows.move(lp, src, where, batch["loss_mask"].shape) if trees else lp
+
+    batch["old_logprobs"] = from_engine(sampler) if use_engine else trainer.logprobs(batch)
+    if cfg.kl_coef:
+        batch["ref_logprobs"] = from_engine(scorer)
+    return batch, row_tokens
 
 
 class _Clock:
@@ -178,20 +252,17 @@ def run_rl(
         stats = SearchStats()
         for r in results:
             stats.merge(r.stats)
-        examples = examples_from_groups((g for r in results for g in r.groups), cfg.max_rl_tokens)
+        examples = examples_from_groups((g for r in results for g in r.groups), cfg.max_rl_tokens,
+                                        fold=cfg.rl_rows != "plain")
         # Shortest first: the trainer's update slices then hold rows of similar length, so
         # trimming each slice after its last loss position leaves little padding to compute.
         examples.sort(key=lambda e: len(e.tokens))
         record: dict[str, Any] = {"step": step, **stats.summary(), "groups": sum(len(r.groups) for r in results),
-                                  "examples": len(examples)}
+                                  "examples": sum(len(e.spans()) for e in examples)}
         if examples:
-            batch = build_batch(examples, pad_id=pad_id)
-            if cfg.old_logprobs == "engine" and getattr(sampler, "trainer_exact_logprobs", False):
-                batch["old_logprobs"] = engine_logprobs(sampler, batch)
-            else:
-                batch["old_logprobs"] = trainer.logprobs(batch)
-            if cfg.kl_coef:
-                batch["ref_logprobs"] = engine_logprobs(scorer, batch)
+            batch, row_tokens = policy_batch(examples, sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
+                                             pad_id=pad_id)
+            record.update(rows=int(batch["tokens"].shape[0]), row_tokens=row_tokens)
             clock.lap("logprobs_s")
             record.update(trainer.step(batch))
             clock.lap("update_s")

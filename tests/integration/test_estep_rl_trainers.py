@@ -126,3 +126,85 @@ def test_megatron_rl_step_matches_and_syncs(megatron_trainer, tiny_model_dir, tm
     engine.load_weights(str(tmp_path / "q"))
     synced = engine_logprobs(engine, batch)
     assert torch.allclose(synced[mask], new[mask], atol=2e-4)
+
+
+def _walk_groups(tokenizer):
+    """Two positions of one walk: `<act>` chosen at the first, so its `<act>` example begins
+    every example of the second and rides in one of their rows."""
+    codec = Codec(tokenizer)
+    pieces = cut_pieces(CODE)
+    groups, prefix = [], codec.encode(pieces[0].text)
+    for piece, advantages in zip(pieces[1:3], ((0.3, -0.7), (-0.4, 0.9))):
+        act_ids = codec.encode(piece.text)
+        d_act = codec.decision_index(act_ids)
+        mid = codec.encode(thought_middle("explain the next line", piece))
+        options = [
+            Option(kind="act", ids=act_ids[: d_act + 1], loss_start=d_act, reward=0.0, advantage=advantages[0]),
+            Option(kind="think", ids=(*mid, act_ids[0]), loss_start=codec.decision_index(mid), reward=0.1,
+                   text="explain", advantage=advantages[1]),
+        ]
+        groups.append(PositionGroup(line=piece.line, prefix=prefix, options=options, chosen=0))
+        prefix = (*prefix, *act_ids)
+    return groups
+
+
+def _per_event(logp, batch):
+    out = {}
+    for r in range(batch["tokens"].shape[0]):
+        for j in batch["loss_mask"][r].nonzero().flatten().tolist():
+            context = (*batch["tokens"][r, : j + 1].tolist(), int(batch["labels"][r, j]))
+            out[context] = (float(logp[r, j]), float(batch["advantages"][r, j]))
+    return out
+
+
+def test_folded_rows_give_the_log_probs_of_their_examples(megatron_trainer, tiny_model_dir):
+    """The trainer (Megatron-Core) and the rollout engine (old log-probs) read each folded
+    example's loss tokens exactly as from its own row."""
+    from ra3_megatron.rollout.base import create_engine
+
+    engine = create_engine("hf", model=str(tiny_model_dir))
+    groups = _walk_groups(engine.tokenizer)
+    plain = build_batch(examples_from_groups(groups, max_tokens=512, fold=False), pad_id=1)
+    folded = build_batch(examples_from_groups(groups, max_tokens=512), pad_id=1)
+    assert folded["tokens"].shape[0] == plain["tokens"].shape[0] - 1
+    for source in (megatron_trainer.logprobs, lambda b: engine_logprobs(engine, b)):
+        a, b = _per_event(source(plain), plain), _per_event(source(folded), folded)
+        assert a.keys() == b.keys() and len(a) == int(plain["loss_mask"].sum())
+        for k in a:
+            assert b[k][0] == pytest.approx(a[k][0], abs=2e-4) and b[k][1] == pytest.approx(a[k][1])
+
+
+def test_tree_rows_train_like_separate_rows_in_megatron(megatron_trainer, tiny_model_dir):
+    """One row holding the walk's examples as trunk + branches (explicit mask, RoPE at each
+    token's own position) gives the separate rows' log-probs, and the same update."""
+    import torch
+
+    from ra3_megatron.estep import tree_rows
+    from ra3_megatron.rollout.base import create_engine
+
+    assert megatron_trainer.supports_tree_rows  # local attention on CPU
+    engine = create_engine("hf", model=str(tiny_model_dir))
+    examples = examples_from_groups(_walk_groups(engine.tokenizer), max_tokens=512)
+    rows = tree_rows.plan_trees(examples, 512, min_shared=4)
+    assert len(rows) == 1 and len(rows[0].branches) == len(examples) - 1
+    tree, where = tree_rows.build_tree_batch(examples, rows, pad_id=1)
+    linear = build_batch(examples, pad_id=1)
+    src = tree_rows.linear_positions(examples)
+    m = tree["loss_mask"] > 0
+
+    lin_old = megatron_trainer.logprobs(linear)
+    tree_old = megatron_trainer.logprobs(tree)
+    moved = tree_rows.move(lin_old, src, where, tree["loss_mask"].shape)
+    assert torch.allclose(tree_old[m], moved[m], atol=2e-4), (tree_old[m] - moved[m]).abs().max()
+    engine_old = tree_rows.move(engine_logprobs(engine, linear), src, where, tree["loss_mask"].shape)
+    assert torch.allclose(engine_old[m], moved[m], atol=2e-4)
+
+    # The per-token log-probs are the same functions of the weights, so are their gradients; the
+    # step itself must train on the tree: tokens with a positive advantage go up.
+    tree["old_logprobs"] = moved
+    for _ in range(3):
+        metrics = megatron_trainer.step(tree)
+    assert metrics["tokens"] == int(m.sum()) and metrics["optimizer_steps"] == 1
+    delta = megatron_trainer.logprobs(tree) - moved
+    up, down = m & (tree["advantages"] > 0), m & (tree["advantages"] < 0)
+    assert float(delta[up].mean()) > 0.02 and float(delta[down].mean()) < -0.02

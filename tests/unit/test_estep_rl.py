@@ -111,3 +111,60 @@ def test_old_logprobs_come_from_the_engine_only_when_it_computes_the_trainers(ti
     old = trainer.olds[0]
     assert bool((old < 0).all()) if not exact else bool((old[old != 0] != -1.0).all())
     assert torch.isfinite(old).all()
+
+
+def _walk(seed: int, positions: int = 4):
+    """Groups of one snippet's left-to-right walk: each prefix is the last one + the chosen
+    option + the rest of its line, as the E-step builds them."""
+    import random
+
+    rng = random.Random(seed)
+    prefix, groups = tuple(rng.randrange(5, 9) for _ in range(3)), []
+    for line in range(positions):
+        code = tuple(rng.randrange(20, 24) for _ in range(3))
+        options = [Option(kind="act", ids=code[:1], loss_start=0, reward=0.0, advantage=rng.uniform(-1, 1))]
+        for _ in range(rng.randrange(1, 3)):
+            thought = (9, *(rng.randrange(30, 32) for _ in range(rng.randrange(1, 3))), 1, code[0])
+            options.append(Option(kind="think", ids=thought, loss_start=0, reward=0.0, advantage=rng.uniform(-1, 1)))
+        chosen = rng.randrange(len(options))
+        groups.append(PositionGroup(line=line, prefix=prefix, options=options, chosen=chosen))
+        prefix = (*prefix, *options[chosen].ids[:-1], *code)
+    return groups
+
+
+def _loss_events(batch):
+    """(context up to and including the scored token, advantage) for every loss position."""
+    events = []
+    for r in range(batch["tokens"].shape[0]):
+        for j in batch["loss_mask"][r].nonzero().flatten().tolist():
+            context = (*batch["tokens"][r, : j + 1].tolist(), int(batch["labels"][r, j]))
+            events.append((context, round(float(batch["advantages"][r, j]), 6)))
+    return sorted(events)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_folding_prefix_examples_keeps_every_loss_token_and_its_advantage(seed):
+    from ra3_megatron.estep.rl import fold_prefixes
+
+    groups = _walk(seed)
+    plain = examples_from_groups(groups, max_tokens=1000, fold=False)
+    folded = examples_from_groups(groups, max_tokens=1000)
+    assert folded == fold_prefixes(plain)
+    # every earlier act and chosen thought begins a later example: they ride in its row
+    chosen_before_last = len(groups) - 1
+    assert len(folded) <= len(plain) - chosen_before_last
+    assert sum(len(e.spans()) for e in folded) == len(plain)
+    assert _loss_events(build_batch(folded)) == _loss_events(build_batch(plain))
+    assert sum(len(e.tokens) for e in folded) < sum(len(e.tokens) for e in plain)
+
+
+def test_an_example_is_not_folded_into_one_whose_loss_overlaps_it_or_an_identical_one():
+    from ra3_megatron.estep.rl import RLExample, fold_prefixes
+
+    a = RLExample(tokens=(1, 2, 3), loss_from=2, advantage=0.5)
+    overlapping = RLExample(tokens=(1, 2, 3, 4), loss_from=2, advantage=-0.5)  # loss from token 2 too
+    twin = RLExample(tokens=(1, 2, 3), loss_from=2, advantage=0.1)
+    assert sorted(fold_prefixes([a, overlapping, twin]), key=lambda e: e.advantage) == [overlapping, twin, a]
+    after = RLExample(tokens=(1, 2, 3, 4), loss_from=3, advantage=-0.5)
+    (row,) = fold_prefixes([after, a])
+    assert row.spans() == [(2, 3, 0.5), (3, 4, -0.5)]
