@@ -54,6 +54,9 @@ class EStepConfig:
     # the prefix computed once (`estep.tree_rows`; trainers that can, else "fold"); "fold": an
     # example that begins another rides in its row; "plain": one row per example. (ours)
     rl_rows: Literal["tree", "fold", "plain"] = "tree"
+    # A tree row takes branches while it stays within this many tokens (its attention costs grow
+    # with the square; 1024 was fastest for the tiny model on CPU among 512..2048). (ours)
+    rl_tree_tokens: int = 1024
     # The PPO ratio's old log-probs: "engine" asks q's rollout engine when it computes the
     # trainer's log-probs exactly (`trainer_exact_logprobs`: the transformers backend in float32,
     # same weights, synced after every step; its prefix store already holds the prefixes, so
@@ -69,7 +72,7 @@ class EStepConfig:
         if not math.isfinite(self.penalty) or self.penalty < 0:
             raise ConfigError(f"penalty c must be a finite number >= 0, got {self.penalty}")
         for name in ("samples", "horizon", "max_latent_tokens", "batch_snippets", "shard_size", "lookahead",
-                     "micro_batch", "max_snippet_tokens", "max_rl_tokens"):
+                     "micro_batch", "max_snippet_tokens", "max_rl_tokens", "rl_tree_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("rl_steps", "rl_snippets"):

@@ -185,7 +185,7 @@ def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: Pol
     use_engine = cfg.old_logprobs == "engine" and getattr(sampler, "trainer_exact_logprobs", False)
     trees = cfg.rl_rows == "tree" and getattr(trainer, "supports_tree_rows", False)
     if trees:
-        rows = sorted(tree_rows.plan_trees(examples, cfg.max_rl_tokens), key=lambda r: r.length)
+        rows = sorted(tree_rows.plan_trees(examples, cfg.rl_tree_tokens), key=lambda r: r.length)
         batch, where = tree_rows.build_tree_batch(examples, rows, pad_id=pad_id)
         src = tree_rows.linear_positions(examples)
         row_tokens = sum(r.length for r in rows)

@@ -6,7 +6,9 @@
    "prefix + \\n{indent}#" shares its prefix with the decision probe's pass over the snippet),
    so a prompt late in a snippet costs a token or two instead of a pass over its prefix;
 2. decode, all rows of all prompts together in that cache (K/V written in place), an attention
-   mask over its padding, RoPE positions per row. Finished rows leave the batch.
+   mask over its padding, RoPE positions per row. Finished rows leave the batch. A Llama-family
+   model steps through `lean_decode.LeanDecoder` (the same math without transformers' per-call
+   work, which dominates a small model's decode step); others through transformers' forward.
 Each prompt draws from its own generator, with the same calls as one prompt alone, so a prompt
 with a given seed gets the same samples whatever else is in the batch (up to float rounding of
 batched kernels, which can flip a near-tie).
@@ -27,6 +29,8 @@ from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup
 from ra3_megatron.rollout.common import cut_at_stop
 from ra3_megatron.rollout.gqa_attention import gqa_attention
 from ra3_megatron.rollout.kv_store import KV, PrefixKVStore
+from ra3_megatron.rollout.lean_decode import LeanDecoder
+from ra3_megatron.rollout.packed_llama import packable
 from ra3_megatron.rollout.prefix_scorer import _head_logprobs, prefix_pass
 
 
@@ -191,6 +195,7 @@ def sample_batched(
     # skipped) until a quarter of the batch has finished: compacting copies the whole cache.
     active = list(range(R))
     may_stop = _may_stop(tokenizer, cfg.stop)
+    lean = LeanDecoder(model) if packable(model) else None
     for _ in range(cfg.max_tokens):
         nxt = torch.zeros(len(active), dtype=torch.long, device=dev)
         live = [j for j, r in enumerate(active) if not done[r]]
@@ -214,10 +219,13 @@ def sample_batched(
             nxt, mask, pos = nxt[sel], mask[sel], pos[sel]
             active = [active[j] for j in keep]
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-        with gqa_attention(model):
-            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
-                        past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1].float()
+        if lean is not None:
+            logits = lean.step(nxt, pos, mask.bool(), cache.layers)
+        else:
+            with gqa_attention(model):
+                out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
+                            past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1].float()
         pos = pos + 1
     for r in range(R):
         texts[r] = cut_at_stop(tokenizer.decode(toks[r], skip_special_tokens=True), cfg.stop)[0]
