@@ -133,7 +133,7 @@ class HFEngine:
         """log p(ids[i] | ids[:i]) for i >= start, from one pass: the E-step's `<act>` scores."""
         dtype = getattr(torch, self.config.score_matmul_dtype)
         with torch.inference_mode(), onednn_linears(self.model, self.config.onednn, dtype):
-            return sequence_logprobs(self.model, ids, start, self.store)
+            return sequence_logprobs(self.model, ids, start, self.store, matmul_dtype=dtype)
 
     def _pick(self, logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
         """One token per row of logits, all drawn from `gen` (hf_sampling.sample_rows)."""

@@ -30,7 +30,7 @@ from ra3_megatron.rollout.common import cut_at_stop
 from ra3_megatron.rollout.gqa_attention import gqa_attention
 from ra3_megatron.rollout.kv_store import KV, PrefixKVStore
 from ra3_megatron.rollout.lean_decode import LeanDecoder
-from ra3_megatron.rollout.packed_llama import packable
+from ra3_megatron.rollout.packed_llama import PackedDecoder, Segments, packable
 from ra3_megatron.rollout.prefix_scorer import _head_logprobs, prefix_pass
 
 
@@ -74,23 +74,38 @@ def _cache(kv: KV) -> DynamicCache:
     return cache
 
 
-def _forward_with_store(model, ids: Sequence[int], store: PrefixKVStore | None, keep: int = 1):
+def _forward_with_store(model, ids: Sequence[int], store: PrefixKVStore | None, keep: int = 1,
+                        matmul_dtype: torch.dtype = torch.float32):
     """Run `ids` (past the stored part) and return (hidden states of the new tokens [N, H], the
-    number of stored tokens used c, per-layer K/V [h, len(ids), d]). At least `keep` tokens run."""
+    number of stored tokens used c, per-layer K/V [h, len(ids), d]). At least `keep` tokens run.
+    A Llama-family model runs through `PackedDecoder` (no transformers call overhead, its own
+    attention over the stored K/V), others through transformers' forward."""
     dev = model.device
     hit = store.longest_common(ids) if store is not None else None
     c = min(hit[0], len(ids) - keep) if hit else 0
-    cache = _cache([(k[None, :, :c], v[None, :, :c]) for k, v in hit[1]]) if c > 0 else DynamicCache()
-    x = torch.tensor([list(ids[c:])], device=dev)
-    pos = torch.arange(c, len(ids), device=dev)[None, :]
-    out = model.get_decoder()(input_ids=x, position_ids=pos, past_key_values=cache, use_cache=True)
-    kv = [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
+    if packable(model):
+        dec = PackedDecoder(model, matmul_dtype)
+        context = [[(k[:, :c], v[:, :c])] for k, v in hit[1]] if c > 0 else []
+        seg = Segments(lengths=[len(ids) - c], contexts=[0 if c > 0 else -1])
+        x = torch.tensor(list(ids[c:]), device=dev)
+        h, new = dec.forward(x, torch.arange(c, len(ids), device=dev), seg, context)
+        hidden = dec.final_norm(h)
+        kv = [(nk.transpose(0, 1), nv.transpose(0, 1)) for nk, nv in new]  # [h, N, d]
+        if c > 0:
+            kv = [(torch.cat([k[:, :c], nk], 1), torch.cat([v[:, :c], nv], 1)) for (k, v), (nk, nv) in zip(hit[1], kv)]
+    else:
+        cache = _cache([(k[None, :, :c], v[None, :, :c]) for k, v in hit[1]]) if c > 0 else DynamicCache()
+        x = torch.tensor([list(ids[c:])], device=dev)
+        pos = torch.arange(c, len(ids), device=dev)[None, :]
+        out = model.get_decoder()(input_ids=x, position_ids=pos, past_key_values=cache, use_cache=True)
+        kv = [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
+        hidden = out.last_hidden_state[0]
     if store is not None:
         if hit:
             store.hits += 1
             store.reused_tokens += c
         store.put(tuple(ids), kv)
-    return out.last_hidden_state[0], c, kv
+    return hidden, c, kv
 
 
 def probe_logprobs(model, ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int],
@@ -106,7 +121,7 @@ def probe_logprobs(model, ids: Sequence[int], positions: Sequence[int], tokens: 
 
 
 def sequence_logprobs(model, ids: Sequence[int], start: int, store: PrefixKVStore | None,
-                      head_chunk: int = 256) -> list[float]:
+                      head_chunk: int = 256, matmul_dtype: torch.dtype = torch.float32) -> list[float]:
     """log p(ids[i] | ids[:i]) for i in [start, len(ids)), from one pass (past what the store
     holds); the head runs in chunks of `head_chunk` positions (the scorer's `_head_logprobs`)."""
     if start < 1 or start > len(ids):
@@ -114,7 +129,7 @@ def sequence_logprobs(model, ids: Sequence[int], start: int, store: PrefixKVStor
     if start == len(ids):
         return []
     dev = model.device
-    hidden, c, _ = _forward_with_store(model, ids[:-1], store, keep=len(ids) - start)
+    hidden, c, _ = _forward_with_store(model, ids[:-1], store, keep=len(ids) - start, matmul_dtype=matmul_dtype)
     tgt = torch.tensor(list(ids[start:]), device=dev)
     return _head_logprobs(model, hidden[start - 1 - c :], tgt, head_chunk).tolist()
 

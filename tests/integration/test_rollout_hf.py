@@ -351,3 +351,30 @@ def test_lean_decode_samples_as_transformers_forward(sharp_model, tiny_model_dir
     plain = run()
     assert all(same_samples(a, b, tol=1e-4) for a, b in zip(lean, plain))
     assert sum(len(c.token_ids) for p in lean for c in p) > 6 * 3
+
+
+def test_probe_and_chain_passes_agree_between_packed_and_transformers_forward(sharp_model, monkeypatch):
+    """`_forward_with_store` runs Llama-family models through PackedDecoder and others through
+    transformers: the same log-probs, the same stored K/V, with and without a stored prefix."""
+    from ra3_megatron.rollout import hf_sampling
+    from ra3_megatron.rollout.kv_store import PrefixKVStore
+
+    rng = random.Random(5)
+    ids = [rng.randrange(sharp_model.config.vocab_size) for _ in range(60)]
+    fork = ids[:35] + [rng.randrange(sharp_model.config.vocab_size) for _ in range(10)]
+
+    def run():
+        store = PrefixKVStore(1 << 26)
+        with torch.inference_mode():
+            chain = hf_sampling.sequence_logprobs(sharp_model, ids, 5, store)
+            probe = hf_sampling.probe_logprobs(sharp_model, fork, [36, 40, 45], [1, 2, 3], store)  # reuses 35
+            kv = store.longest_common(fork)[1]
+        return chain, probe, kv, store.reused_tokens
+
+    packed = run()
+    monkeypatch.setattr(hf_sampling, "packable", lambda model: False)
+    plain = run()
+    assert packed[3] == plain[3] == 35
+    assert packed[0] == pytest.approx(plain[0], abs=1e-4) and packed[1] == pytest.approx(plain[1], abs=1e-4)
+    for (k1, v1), (k2, v2) in zip(packed[2], plain[2]):
+        assert k1.shape == k2.shape and torch.allclose(k1, k2, atol=1e-4) and torch.allclose(v1, v2, atol=1e-4)
