@@ -79,20 +79,20 @@ class _Attention:
 
     Two ways, by the shape of the batch:
     - every segment has a context of its own, or none (the prefix pass): per block of a
-      segment's queries and per KV head, one GEMM of the stacked queries against [context
-      keys; own keys up to the block's end] with a causal mask on the block's own keys, a
-      softmax, one GEMM with the values;
+      segment's queries, one batched GEMM (all KV heads) of the stacked queries against
+      [context keys; own keys up to the block's end] with a causal mask on the block's own
+      keys, a softmax, one batched GEMM with the values;
     - segments share a context (the option pass): the own parts run padded through the CPU
       flash kernel, which also returns each query's log-sum-exp; then per block of a run of
-      segments sharing a context and per KV head, one GEMM of the stacked queries against the
-      context keys plus one extra column holding the own part's log-sum-exp. A softmax over
+      segments sharing a context, one batched GEMM (all KV heads) of the stacked queries against
+      the context keys plus one extra column holding the own part's log-sum-exp. A softmax over
       that row weighs the context keys and the own part exactly as one softmax over all keys
       would; the extra column's weight multiplies the own part's (normalised) output.
     Query blocks of `block` tokens bound the [block * heads-per-KV-head, keys] score matrix.
     """
 
-    def __init__(self, seg: Segments, device, onednn: bool, block: int = 256):
-        self.device, self.onednn, self.block = device, onednn, block
+    def __init__(self, seg: Segments, device, block: int = 256):
+        self.device, self.block = device, block
         starts = [0]
         for n in seg.lengths[:-1]:
             starts.append(starts[-1] + n)
@@ -117,13 +117,6 @@ class _Attention:
             self.padded = any(n != self.width for n in seg.lengths)
         self._masks: dict[tuple[int, int, int], torch.Tensor] = {}
 
-    def _mm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """x [m, k] @ w [n, k]^T in float32."""
-        if self.onednn:
-            # Contiguous: on a strided operand (a column slice) oneDNN takes a path ~100x slower.
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w.contiguous(), None, "none", [], "")
-        return F.linear(x, w)
-
     def _causal(self, m: int, before: int, g: int) -> torch.Tensor:
         """Additive mask [m * g, before + m]: rows (token, head); all earlier keys, own keys <= token."""
         key = (m, before, g)
@@ -145,39 +138,48 @@ class _Attention:
             )
             own, lse = self._unpad(own), self._unpad(lse)
         for c, a, b in self.runs:
-            if self.shared and c < 0:
-                out[a:b] = own[a:b]
-                continue
             if self.shared:
-                keys, values = contexts[c]
-                zero = keys.new_zeros(kvh, 1, d)
-                keys = torch.cat([keys, zero], 1)  # the extra column: its score is set below
-                values_t = torch.cat([values, zero], 1).transpose(1, 2).contiguous()  # [kv, d, keys]
-            else:
-                keys, values = k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)
-                if c >= 0:
-                    keys = torch.cat([contexts[c][0], keys], 1)
-                    values = torch.cat([contexts[c][1], values], 1)
-                keys, values_t = keys.contiguous(), values.transpose(1, 2).contiguous()
-                before = keys.shape[1] - (b - a)
+                if c < 0:
+                    out[a:b] = own[a:b]
+                else:
+                    self._shared_run(q[a:b], own[a:b], lse[a:b], contexts[c], scale, out[a:b])
+                continue
+            keys, values = k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)
+            if c >= 0:
+                keys = torch.cat([contexts[c][0], keys], 1)
+                values = torch.cat([contexts[c][1], values], 1)
+            keys_t = keys.transpose(1, 2)  # [kv, d, keys]
+            before = keys.shape[1] - (b - a)
             for t0 in range(a, b, self.block):
                 t1 = min(b, t0 + self.block)
-                rows = (t1 - t0) * g
-                qs = torch.mul(q[t0:t1], scale)
-                for h in range(kvh):
-                    hs = slice(h * g, (h + 1) * g)
-                    if self.shared:
-                        s = self._mm(qs[:, h].reshape(rows, d), keys[h])
-                        s[:, -1] = lse[t0:t1, hs].reshape(rows)
-                        p = torch.softmax(s, -1)
-                        o = self._mm(p, values_t[h]).addcmul_(p[:, -1:], own[t0:t1, hs].reshape(rows, d))
-                    else:
-                        n_keys = before + t1 - a
-                        s = self._mm(qs[:, h].reshape(rows, d), keys[h, :n_keys])
-                        s.add_(self._causal(t1 - t0, before + t0 - a, g))
-                        o = self._mm(torch.softmax(s, -1), values_t[h, :, :n_keys])
-                    out[t0:t1, hs] = o.view(t1 - t0, g, d)
+                rows, n_keys = (t1 - t0) * g, before + t1 - a
+                # All KV heads in one batched GEMM each way, as in `_shared_run`.
+                qs = torch.mul(q[t0:t1], scale).transpose(0, 1).reshape(kvh, rows, d)
+                s = torch.matmul(qs, keys_t[:, :, :n_keys]).add_(self._causal(t1 - t0, before + t0 - a, g))
+                o = torch.matmul(torch.softmax(s, -1), values[:, :n_keys])
+                out[t0:t1] = o.view(kvh, t1 - t0, g, d).transpose(0, 1).reshape(t1 - t0, H, d)
         return out.view(T, H * d)
+
+    def _shared_run(self, q, own, lse, context: KV, scale: float, out) -> None:
+        """One run of segments sharing a context: q [n, kv, g, d], own [n, H, d] and lse [n, H]
+        from the flash pass over their own tokens; writes out [n, H, d]. All KV heads go in one
+        batched GEMM each way ([kv, rows, keys]): the E-step's runs are many and small, and
+        per-head calls cost more than their arithmetic."""
+        n, kvh, g, d = q.shape
+        keys, values = context
+        zero = keys.new_zeros(kvh, 1, d)
+        keys_t = torch.cat([keys, zero], 1).transpose(1, 2)  # [kv, d, keys + 1]: the extra column
+        values = torch.cat([values, zero], 1)  # [kv, keys + 1, d]
+        for t0 in range(0, n, self.block):
+            t1 = min(n, t0 + self.block)
+            rows = (t1 - t0) * g
+            qs = torch.mul(q[t0:t1], scale).transpose(0, 1).reshape(kvh, rows, d)
+            s = torch.matmul(qs, keys_t)
+            s[..., -1] = lse[t0:t1].view(t1 - t0, kvh, g).transpose(0, 1).reshape(kvh, rows)
+            p = torch.softmax(s, -1)
+            mine = own[t0:t1].view(t1 - t0, kvh, g, d).transpose(0, 1).reshape(kvh, rows, d)
+            o = torch.matmul(p, values).addcmul_(p[..., -1:], mine)
+            out[t0:t1] = o.view(kvh, t1 - t0, g, d).transpose(0, 1).reshape(t1 - t0, kvh * g, d)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         """[T, h, d] -> [segments, h, width, d] (a transposed view of [segments, width, h, d])."""
@@ -249,7 +251,7 @@ class PackedDecoder:
         T, d = ids.shape[0], self.head_dim
         if min(seg.lengths, default=0) < 1 or sum(seg.lengths) != T or len(seg.contexts) != len(seg.lengths):
             raise ValueError(f"PackedDecoder: segments {seg} do not split {T} tokens")
-        attn = _Attention(seg, ids.device, self.onednn)
+        attn = _Attention(seg, ids.device)
         x = self.base.embed_tokens(ids)
         cos, sin = self.base.rotary_emb(x[None], positions[None])
         cos, sin = cos[0, :, None].float(), sin[0, :, None].float()
