@@ -79,20 +79,20 @@ class _Attention:
 
     Two ways, by the shape of the batch:
     - every segment has a context of its own, or none (the prefix pass): per block of a
-      segment's queries, one batched GEMM (all KV heads) of the stacked queries against
-      [context keys; own keys up to the block's end] with a causal mask on the block's own
-      keys, a softmax, one batched GEMM with the values;
+      segment's queries, a GEMM of the stacked queries against [context keys; own keys up to
+      the block's end] with a causal mask on the block's own keys, a softmax, a GEMM with the
+      values (`_RunKV`: all KV heads batched, or per KV head, by size);
     - segments share a context (the option pass): the own parts run padded through the CPU
       flash kernel, which also returns each query's log-sum-exp; then per block of a run of
-      segments sharing a context, one batched GEMM (all KV heads) of the stacked queries against
-      the context keys plus one extra column holding the own part's log-sum-exp. A softmax over
+      segments sharing a context, a GEMM of the stacked queries against the context keys plus
+      one extra column holding the own part's log-sum-exp. A softmax over
       that row weighs the context keys and the own part exactly as one softmax over all keys
       would; the extra column's weight multiplies the own part's (normalised) output.
     Query blocks of `block` tokens bound the [block * heads-per-KV-head, keys] score matrix.
     """
 
-    def __init__(self, seg: Segments, device, block: int = 256):
-        self.device, self.block = device, block
+    def __init__(self, seg: Segments, device, onednn: bool, block: int = 256):
+        self.device, self.onednn, self.block = device, onednn, block
         starts = [0]
         for n in seg.lengths[:-1]:
             starts.append(starts[-1] + n)
@@ -148,37 +148,32 @@ class _Attention:
             if c >= 0:
                 keys = torch.cat([contexts[c][0], keys], 1)
                 values = torch.cat([contexts[c][1], values], 1)
-            keys_t = keys.transpose(1, 2)  # [kv, d, keys]
+            kv = _RunKV(keys, values, self.onednn)
             before = keys.shape[1] - (b - a)
             for t0 in range(a, b, self.block):
                 t1 = min(b, t0 + self.block)
-                rows, n_keys = (t1 - t0) * g, before + t1 - a
-                # All KV heads in one batched GEMM each way, as in `_shared_run`.
+                rows = (t1 - t0) * g
                 qs = torch.mul(q[t0:t1], scale).transpose(0, 1).reshape(kvh, rows, d)
-                s = torch.matmul(qs, keys_t[:, :, :n_keys]).add_(self._causal(t1 - t0, before + t0 - a, g))
-                o = torch.matmul(torch.softmax(s, -1), values[:, :n_keys])
+                o, _ = kv.attend(qs, before + t1 - a, bias=self._causal(t1 - t0, before + t0 - a, g))
                 out[t0:t1] = o.view(kvh, t1 - t0, g, d).transpose(0, 1).reshape(t1 - t0, H, d)
         return out.view(T, H * d)
 
     def _shared_run(self, q, own, lse, context: KV, scale: float, out) -> None:
         """One run of segments sharing a context: q [n, kv, g, d], own [n, H, d] and lse [n, H]
-        from the flash pass over their own tokens; writes out [n, H, d]. All KV heads go in one
-        batched GEMM each way ([kv, rows, keys]): the E-step's runs are many and small, and
-        per-head calls cost more than their arithmetic."""
+        from the flash pass over their own tokens; writes out [n, H, d]."""
         n, kvh, g, d = q.shape
         keys, values = context
         zero = keys.new_zeros(kvh, 1, d)
-        keys_t = torch.cat([keys, zero], 1).transpose(1, 2)  # [kv, d, keys + 1]: the extra column
-        values = torch.cat([values, zero], 1)  # [kv, keys + 1, d]
+        # The extra key column: its score is the own part's log-sum-exp, its value zero.
+        kv = _RunKV(torch.cat([keys, zero], 1), torch.cat([values, zero], 1), self.onednn)
         for t0 in range(0, n, self.block):
             t1 = min(n, t0 + self.block)
             rows = (t1 - t0) * g
             qs = torch.mul(q[t0:t1], scale).transpose(0, 1).reshape(kvh, rows, d)
-            s = torch.matmul(qs, keys_t)
-            s[..., -1] = lse[t0:t1].view(t1 - t0, kvh, g).transpose(0, 1).reshape(kvh, rows)
-            p = torch.softmax(s, -1)
+            last = lse[t0:t1].view(t1 - t0, kvh, g).transpose(0, 1).reshape(kvh, rows)
+            o, p_last = kv.attend(qs, kv.n, last=last)
             mine = own[t0:t1].view(t1 - t0, kvh, g, d).transpose(0, 1).reshape(kvh, rows, d)
-            o = torch.matmul(p, values).addcmul_(p[..., -1:], mine)
+            o.addcmul_(p_last, mine)
             out[t0:t1] = o.view(kvh, t1 - t0, g, d).transpose(0, 1).reshape(t1 - t0, kvh * g, d)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,6 +187,56 @@ class _Attention:
         """[segments, h, width, ...] -> [T, h, ...]."""
         x = x.transpose(1, 2).reshape(self.n_seg * self.width, *x.shape[1:2], *x.shape[3:])
         return x.index_select(0, self.pad_index) if self.padded else x
+
+
+class _RunKV:
+    """One run's keys and values [kv_heads, n, d], and softmax attention of query blocks on them.
+
+    Two ways to do the GEMMs, by size: a small block (the E-step's groups: a few short options)
+    costs more in calls than in arithmetic, so all KV heads go in one batched matmul each way; a
+    large one runs per KV head through oneDNN, about twice as fast as the batched kernel on the
+    project's CPU (tools/bench_scoring.py).
+    """
+
+    PER_HEAD_MACS = 1 << 23  # multiply-adds per KV head from which per-head oneDNN GEMMs win
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, onednn: bool):
+        self.keys, self.values, self.onednn = keys, values, onednn
+        self.n = keys.shape[1]
+        self._per_head = None
+
+    def attend(self, qs, n_keys: int, bias=None, last=None):
+        """qs [kv, rows, d] against the first n_keys keys -> (output [kv, rows, d], the
+        attention weight on the last key [kv, rows, 1]). bias [rows, n_keys] is added to the
+        scores; `last` [kv, rows] replaces the last key's scores."""
+        kvh, rows, d = qs.shape
+        if not self.onednn or rows * n_keys * d < self.PER_HEAD_MACS:
+            s = torch.matmul(qs, self.keys[:, :n_keys].transpose(1, 2))
+            if bias is not None:
+                s.add_(bias)
+            if last is not None:
+                s[..., -1] = last
+            p = torch.softmax(s, -1)
+            return torch.matmul(p, self.values[:, :n_keys]), p[..., -1:]
+        if self._per_head is None:  # contiguous operands: oneDNN is ~100x slower on strided ones
+            self._per_head = (self.keys.contiguous(), self.values.transpose(1, 2).contiguous())
+        keys, values_t = self._per_head
+        out, p_last = qs.new_empty(kvh, rows, d), qs.new_empty(kvh, rows, 1)
+        for h in range(kvh):
+            s = _onednn_mm(qs[h].contiguous(), keys[h, :n_keys])
+            if bias is not None:
+                s.add_(bias)
+            if last is not None:
+                s[:, -1] = last[h]
+            p = torch.softmax(s, -1)
+            out[h] = _onednn_mm(p, values_t[h, :, :n_keys].contiguous())
+            p_last[h] = p[:, -1:]
+        return out, p_last
+
+
+def _onednn_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [m, k] @ w [n, k]^T in float32 through oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
 
 
 class PackedDecoder:
@@ -251,7 +296,7 @@ class PackedDecoder:
         T, d = ids.shape[0], self.head_dim
         if min(seg.lengths, default=0) < 1 or sum(seg.lengths) != T or len(seg.contexts) != len(seg.lengths):
             raise ValueError(f"PackedDecoder: segments {seg} do not split {T} tokens")
-        attn = _Attention(seg, ids.device)
+        attn = _Attention(seg, ids.device, self.onednn)
         x = self.base.embed_tokens(ids)
         cos, sin = self.base.rotary_emb(x[None], positions[None])
         cos, sin = cos[0, :, None].float(), sin[0, :, None].float()

@@ -218,3 +218,26 @@ def test_packed_decoder_refuses_segments_that_do_not_split_the_tokens(llama):
         dec.forward(ids, ids, Segments(lengths=[3, 2], contexts=[-1, -1]), [])
     with pytest.raises(ValueError, match="do not split"), torch.inference_mode():
         dec.forward(ids, ids, Segments(lengths=[6, 0], contexts=[-1, -1]), [])
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_attention_per_head_and_batched_ways_agree(monkeypatch, with_bias):
+    """`_RunKV.attend` picks batched or per-KV-head GEMMs by size: both must give the same
+    softmax attention (the merge column's weight included) as a plain reference."""
+    from ra3_megatron.rollout import packed_llama
+    from ra3_megatron.rollout.onednn import onednn_available
+
+    gen = torch.Generator().manual_seed(0)
+    kvh, rows, n, d = 2, 12, 9, 8
+    qs, keys, values = (torch.randn(*shape, generator=gen) for shape in ((kvh, rows, d), (kvh, n, d), (kvh, n, d)))
+    bias = torch.randn(rows, n - 2, generator=gen) if with_bias else None
+    last = torch.randn(kvh, rows, generator=gen)
+    s = qs @ keys[:, : n - 2].transpose(1, 2) + (bias if with_bias else 0)
+    s[..., -1] = last
+    p = torch.softmax(s, -1)
+    want = (p @ values[:, : n - 2], p[..., -1:])
+    for per_head_from in (1 << 40, 0):  # never, always
+        monkeypatch.setattr(packed_llama._RunKV, "PER_HEAD_MACS", per_head_from)
+        run = packed_llama._RunKV(keys, values, onednn=onednn_available())
+        got = run.attend(qs, n - 2, bias=bias, last=last)
+        assert torch.allclose(got[0], want[0], atol=1e-5) and torch.allclose(got[1], want[1], atol=1e-6)
