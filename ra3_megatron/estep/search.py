@@ -64,7 +64,8 @@ class ProbeRequest:
 class ChainRequest:
     """log pi(ids[i] | ids[:i]) for i >= start: the `<act>` option's scores for every later
     position at once (its horizon is the snippet's own next lines), valid until a thought is
-    inserted."""
+    inserted. The search asks for the code as far as its window's horizons reach, and later for
+    more of it (start = where the last request ended)."""
 
     ids: tuple[int, ...]
     start: int
@@ -169,7 +170,7 @@ def search_steps(
             marker = codec.encode(think_marker(pieces[k]))
             markers[k] = (marker, codec.decision_index(marker))
     probed: dict[int, float] = {}  # line -> log q("#"), valid while the prefix has no new thought
-    chain: dict = {}  # "start", "lps": log pi of prefix + remaining pieces from start; same validity
+    chain: dict = {}  # "start", "lps": log pi of the code from start on, as far as run; same validity
     k, window = 1, cfg.lookahead
     while k < len(pieces):
         # 1. Plan pieces k.. up to the window's last rollout: decisions drawn as if no thought
@@ -202,9 +203,16 @@ def search_steps(
         end = j
         # 2. The window's rollouts at once: one bundle of samples, then one of scores.
         todo = [(j, n, length) for j, n, _, length in plan if n]
-        if todo and cfg.chain and not chain:
-            rest = tuple(i for ids in piece_ids[k:] for i in ids)
-            chain.update(start=len(prefix), lps=list((yield ChainRequest((*prefix, *rest), len(prefix)))))
+        if todo and cfg.chain:
+            # pi's pass along the code, only as far as this window's horizons reach; a later
+            # window extends it (the engine's prefix store holds what was already run).
+            need = max(length + sum(len(ids) for ids in piece_ids[j : j + cfg.horizon]) for j, _, length in todo)
+            if not chain:
+                chain.update(start=len(prefix), lps=[])
+            have = chain["start"] + len(chain["lps"])
+            if need > have:
+                ids = (*prefix, *(i for piece in piece_ids[k:] for i in piece))[:need]
+                chain["lps"].extend((yield ChainRequest(ids, have)))
         drafts = {}
         if todo:
             prompts = [(*ctx[:length], *_sample_prompt(markers[j][0], codec, cfg)) for j, _, length in todo]

@@ -104,6 +104,8 @@ def _forward_with_store(model, ids: Sequence[int], store: PrefixKVStore | None, 
         if hit:
             store.hits += 1
             store.reused_tokens += c
+            if hit[0] == len(hit[2]) < len(ids):
+                store.discard(hit[2])  # the new entry holds all of it (a chain run further on)
         store.put(tuple(ids), kv)
     return hidden, c, kv
 
