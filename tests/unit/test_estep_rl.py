@@ -168,3 +168,48 @@ def test_an_example_is_not_folded_into_one_whose_loss_overlaps_it_or_an_identica
     after = RLExample(tokens=(1, 2, 3, 4), loss_from=3, advantage=-0.5)
     (row,) = fold_prefixes([after, a])
     assert row.spans() == [(2, 3, 0.5), (3, 4, -0.5)]
+
+
+@pytest.mark.parametrize("kl", [0.0, 0.1])
+def test_tree_rows_carry_the_engines_log_probs_of_each_loss_token(tiny_tokenizer_dir, kl):
+    """`policy_batch` with a trainer that trains tree rows: the old (and reference) log-probs the
+    engines give on linear rows land on the same loss tokens of the tree rows."""
+    from ra3_megatron.estep.batch import run_searches
+    from ra3_megatron.estep.config import EStepConfig
+    from ra3_megatron.estep.rl import policy_batch
+    from ra3_megatron.rollout.fake import FakeEngine
+
+    code = "".join(f"def f{i}(a, b):\n    x = a + {i}\n    y = x * b\n    return y\n" for i in range(3))
+    sampler = FakeEngine(corpus=[code], tokenizer=str(tiny_tokenizer_dir))
+    scorer = FakeEngine(corpus=[code], tokenizer=str(tiny_tokenizer_dir), copy_weight=0.3)
+    sampler.trainer_exact_logprobs = True
+
+    class TreeTrainer(_RecordingTrainer):
+        supports_tree_rows = True
+
+    results = run_searches([("a", code), ("b", code)], sampler=sampler, scorer=scorer,
+                           cfg=EStepConfig(decision="force", penalty=0.0, python=False), phase="rl0")
+    examples = examples_from_groups((g for r in results for g in r.groups), 2048)
+    batches = {}
+    for rows in ("tree", "fold"):
+        cfg = EStepConfig(rl_rows=rows, kl_coef=kl, python=False)
+        trainer = TreeTrainer()
+        batches[rows], _ = policy_batch(examples, sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg, pad_id=0)
+        assert trainer.logprob_calls == 0
+    assert batches["tree"]["tokens"].shape[0] < batches["fold"]["tokens"].shape[0]
+    keys = ["old_logprobs"] + (["ref_logprobs"] if kl else [])
+    for key in keys:
+        seen = {}
+        for rows, batch in batches.items():
+            events = []
+            for r in range(batch["tokens"].shape[0]):
+                for j in batch["loss_mask"][r].nonzero().flatten().tolist():
+                    if rows == "tree":
+                        allowed = (~batch["attention_mask"][r, 0, j]).nonzero().flatten()
+                        order = allowed[batch["position_ids"][r, allowed].argsort()]
+                        context = batch["tokens"][r, order].tolist()
+                    else:
+                        context = batch["tokens"][r, : j + 1].tolist()
+                    events.append(((*context, int(batch["labels"][r, j])), round(float(batch[key][r, j]), 5)))
+            seen[rows] = sorted(events)
+        assert seen["tree"] == seen["fold"] and all(v < 0 for _, v in seen["tree"])
