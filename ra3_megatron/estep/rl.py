@@ -262,7 +262,8 @@ def run_rl(
         if examples:
             batch, row_tokens = policy_batch(examples, sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
                                              pad_id=pad_id)
-            record.update(rows=int(batch["tokens"].shape[0]), row_tokens=row_tokens)
+            layout = "tree" if "attention_mask" in batch else ("plain" if cfg.rl_rows == "plain" else "fold")
+            record.update(rows=int(batch["tokens"].shape[0]), row_tokens=row_tokens, row_layout=layout)
             clock.lap("logprobs_s")
             record.update(trainer.step(batch))
             clock.lap("update_s")

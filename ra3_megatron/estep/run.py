@@ -110,7 +110,8 @@ def run_estep(
                     print(f"[estep] RL step {r['step'] + 1}/{cfg.rl_steps}: reward {r['reward']:.4f}, "
                           f"think rate {r['think_rate']:.3f}, rollout share {r['rollout_share']:.2f}, "
                           f"loss {r.get('loss', float('nan')):.4f}, {r['examples']} examples in "
-                          f"{r.get('rows', 0)} rows of {r.get('row_tokens', 0)} tokens", flush=True)
+                          f"{r.get('rows', 0)} {r.get('row_layout', '')} rows of {r.get('row_tokens', 0)} tokens",
+                          flush=True)
 
             history = run_rl(snippet_cycle(stream), sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
                              work_dir=out / "rl", on_step=log_step)

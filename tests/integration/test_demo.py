@@ -24,5 +24,6 @@ def test_demo_runs_one_round_end_to_end(tmp_path):
     assert "| 1 |" in report and "| 2 |" not in report
     stats = json.loads((run_dir / "iter_1" / "estep" / "stats.json").read_text())
     assert stats["infusion"]["summary"]["rollout_share"] > 0 and len(stats["rl"]) == 1
+    assert stats["rl"][0]["row_layout"] == "tree"  # RL in Megatron-Core, local attention on CPU
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert (results["dataset"], results["tasks_checked"], results["samples_checked"]) == ("humaneval", 2, 2)

@@ -107,6 +107,7 @@ def test_old_logprobs_come_from_the_engine_only_when_it_computes_the_trainers(ti
     history = run_rl(iter([("a", code), ("b", code)]), sampler=sampler, scorer=scorer, trainer=trainer,
                      cfg=cfg, work_dir=tmp_path)
     assert history[0]["examples"] > 0 and len(trainer.olds) == 1
+    assert history[0]["row_layout"] == "fold" and history[0]["rows"] <= history[0]["examples"]
     assert trainer.logprob_calls == (0 if exact else 1)
     old = trainer.olds[0]
     assert bool((old < 0).all()) if not exact else bool((old[old != 0] != -1.0).all())
