@@ -152,8 +152,7 @@ class MegatronPolicyTrainer:
 
         if len(rows):
             return trim({k: v[rows.start : rows.stop] for k, v in part.items()})
-        filler = trim({k: v[:1] for k, v in part.items()}, multiple=16)
-        filler = {k: (v[:, :, :16, :16] if v.dim() == 4 else v[:, :16]).contiguous() for k, v in filler.items()}
+        filler = {k: (v[:1, :, :16, :16] if v.dim() == 4 else v[:1, :16]).contiguous() for k, v in part.items()}
         filler["loss_mask"] = torch.zeros_like(filler["loss_mask"])
         return filler
 

@@ -174,11 +174,11 @@ def engine_logprobs(engine, batch: Batch) -> Any:
 
 
 def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: PolicyTrainer, cfg: EStepConfig,
-                 pad_id: int) -> tuple[Batch, int]:
+                 pad_id: int) -> tuple[Batch, dict[str, Any]]:
     """The step's batch with old (and, with KL, reference) log-probs: tree rows when the config
     asks for them and the trainer can train them (`estep.tree_rows`), else one row per example.
     Engine log-probs are computed on the linear rows (engines score sequences) and moved over.
-    Returns the batch and the tokens its rows hold (padding aside)."""
+    Returns the batch and its record: rows, tokens they hold (padding aside), layout."""
     from ra3_megatron.estep import tree_rows
 
     linear = build_batch(examples, pad_id=pad_id)
@@ -188,10 +188,10 @@ def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: Pol
         rows = sorted(tree_rows.plan_trees(examples, cfg.rl_tree_tokens), key=lambda r: r.length)
         batch, where = tree_rows.build_tree_batch(examples, rows, pad_id=pad_id)
         src = tree_rows.linear_positions(examples)
-        row_tokens = sum(r.length for r in rows)
+        row_tokens, layout = sum(r.length for r in rows), "tree"
     else:
         batch = linear
-        row_tokens = sum(len(e.tokens) for e in examples)
+        row_tokens, layout = sum(len(e.tokens) for e in examples), "plain" if cfg.rl_rows == "plain" else "fold"
 
     def from_engine(engine):
         lp = engine_logprobs(engine, linear)
@@ -200,7 +200,7 @@ def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: Pol
     batch["old_logprobs"] = from_engine(sampler) if use_engine else trainer.logprobs(batch)
     if cfg.kl_coef:
         batch["ref_logprobs"] = from_engine(scorer)
-    return batch, row_tokens
+    return batch, {"rows": int(batch["tokens"].shape[0]), "row_tokens": row_tokens, "row_layout": layout}
 
 
 class _Clock:
@@ -260,10 +260,9 @@ def run_rl(
         record: dict[str, Any] = {"step": step, **stats.summary(), "groups": sum(len(r.groups) for r in results),
                                   "examples": sum(len(e.spans()) for e in examples)}
         if examples:
-            batch, row_tokens = policy_batch(examples, sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
-                                             pad_id=pad_id)
-            layout = "tree" if "attention_mask" in batch else ("plain" if cfg.rl_rows == "plain" else "fold")
-            record.update(rows=int(batch["tokens"].shape[0]), row_tokens=row_tokens, row_layout=layout)
+            batch, rows = policy_batch(examples, sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
+                                       pad_id=pad_id)
+            record.update(rows)
             clock.lap("logprobs_s")
             record.update(trainer.step(batch))
             clock.lap("update_s")

@@ -195,7 +195,9 @@ def test_tree_rows_carry_the_engines_log_probs_of_each_loss_token(tiny_tokenizer
     for rows in ("tree", "fold"):
         cfg = EStepConfig(rl_rows=rows, kl_coef=kl, python=False)
         trainer = TreeTrainer()
-        batches[rows], _ = policy_batch(examples, sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg, pad_id=0)
+        batches[rows], record = policy_batch(examples, sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
+                                             pad_id=0)
+        assert record["row_layout"] == rows and record["rows"] == batches[rows]["tokens"].shape[0]
         assert trainer.logprob_calls == 0
     assert batches["tree"]["tokens"].shape[0] < batches["fold"]["tokens"].shape[0]
     keys = ["old_logprobs"] + (["ref_logprobs"] if kl else [])
