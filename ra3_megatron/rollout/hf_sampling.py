@@ -1,10 +1,12 @@
 """Batched KV-cached sampling and decision probes for the transformers backend.
 
 `sample_batched` serves every prompt of a `generate` call in one decode loop:
-1. prefill, all prompts in one batch (`prefix_scorer.prefix_pass`), each only past what the
-   engine's `PrefixKVStore` already holds for it (`longest_common`: an E-step thought prompt
-   "prefix + \\n{indent}#" shares its prefix with the decision probe's pass over the snippet),
-   so a prompt late in a snippet costs a token or two instead of a pass over its prefix;
+1. prefill, all prompts in one batch, each only past what the engine's `PrefixKVStore` already
+   holds for it (`longest_common`: an E-step thought prompt "prefix + \\n{indent}#" shares its
+   prefix with the decision probe's pass over the snippet), so a prompt late in a snippet costs
+   a token or two instead of a pass over its prefix. A Llama-family model prefills through
+   `PackedDecoder` and writes the decode cache once (`_packed_prefill`); others through
+   `prefix_scorer.prefix_pass` (transformers' forward over a padded batch);
 2. decode, all rows of all prompts together in that cache (K/V written in place), an attention
    mask over its padding, RoPE positions per row. Finished rows leave the batch. A Llama-family
    model steps through `lean_decode.LeanDecoder` (the same math without transformers' per-call
@@ -48,6 +50,16 @@ class _GrowingLayer(DynamicLayer):
         self.n = n
         self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
         self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+
+    @classmethod
+    def over(cls, keys: torch.Tensor, values: torch.Tensor, n: int) -> _GrowingLayer:
+        """A layer over ready buffers [b, h, capacity, d] whose first n positions are filled."""
+        layer = cls.__new__(cls)
+        DynamicLayer.__init__(layer)
+        layer._k, layer._v, layer.n = keys, values, n
+        layer.keys, layer.values = keys[:, :, :n], values[:, :, :n]
+        layer.dtype, layer.device, layer.is_initialized = keys.dtype, keys.device, True
+        return layer
 
     def update(self, key_states, value_states, *args, **kwargs):
         s = key_states.shape[-2]
@@ -136,6 +148,61 @@ def sequence_logprobs(model, ids: Sequence[int], start: int, store: PrefixKVStor
     return _head_logprobs(model, hidden[start - 1 - c :], tgt, head_chunk).tolist()
 
 
+def _packed_prefill(model, prompts: Sequence[list[int]], first_row: list[int], max_tokens: int,
+                    store: PrefixKVStore | None):
+    """The prefill of a Llama-family model: (decode cache layers, valid mask [R, L], prompt
+    lengths [P], first logits [P, vocab]), rows first_row[p]:first_row[p + 1] being prompt p's.
+
+    Each prompt runs only its tokens past what the store holds, packed with the others into one
+    `PackedDecoder` forward that attends to the stored K/V where it lies. The decode cache
+    [R, kv_heads, L + max_tokens, d] is then written once: each row gets its prompt's stored and
+    new K/V at positions [0, len), zeros up to L = the longest prompt (masked out), and room
+    for the samples. (The padded transformers prefill copied the whole K/V four times: stored
+    part into a padded batch, the forward's concatenation, per row, into the decode buffer.)
+    """
+    dev = model.device
+    dec = PackedDecoder(model)
+    hits = [store.longest_common(p) if store is not None else None for p in prompts]
+    cached = [min(h[0], len(p) - 1) if h else 0 for h, p in zip(hits, prompts)]
+    if store is not None:
+        for h, c in zip(hits, cached):
+            if h and c:
+                store.hits += 1
+                store.reused_tokens += c
+    fresh = [len(p) - c for p, c in zip(prompts, cached)]
+    with_ctx = [i for i, c in enumerate(cached) if c]
+    contexts = [[(hits[i][1][li][0][:, : cached[i]], hits[i][1][li][1][:, : cached[i]]) for i in with_ctx]
+                for li in range(len(dec.base.layers))] if with_ctx else []
+    ctx_index = {i: j for j, i in enumerate(with_ctx)}
+    seg = Segments(lengths=fresh, contexts=[ctx_index.get(i, -1) for i in range(len(prompts))])
+    ids = torch.tensor([t for p, c in zip(prompts, cached) for t in p[c:]], device=dev)
+    positions = torch.tensor([i for p, c in zip(prompts, cached) for i in range(c, len(p))], device=dev)
+    hidden, new = dec.forward(ids, positions, seg, contexts)
+    ends = torch.tensor(fresh, device=dev).cumsum(0) - 1
+    firsts = model.get_output_embeddings()(dec.final_norm(hidden.index_select(0, ends))).float()
+    R, L = first_row[-1], max(len(p) for p in prompts)
+    lens = torch.tensor([len(p) for p in prompts], device=dev)
+    layers = []
+    for li, (nk, nv) in enumerate(new):
+        kv_heads, d = nk.shape[1], nk.shape[2]
+        bufs = [nk.new_empty(R, kv_heads, L + max_tokens, d) for _ in range(2)]
+        start = 0
+        for i, p in enumerate(prompts):
+            a, b, c, n = first_row[i], first_row[i + 1], cached[i], len(p)
+            for buf, part, new_part in zip(bufs, hits[i][1][li] if c else (None, None), (nk, nv)):
+                if c:
+                    buf[a:b, :, :c] = part[:, :c]
+                buf[a:b, :, c:n] = new_part[start : start + fresh[i]].transpose(0, 1)
+                buf[a:b, :, n:L] = 0.0  # masked, but garbage there could be NaN, and NaN * 0 is NaN
+            start += fresh[i]
+        layers.append(_GrowingLayer.over(bufs[0], bufs[1], L))
+    owner = torch.repeat_interleave(torch.arange(len(prompts), device=dev),
+                                    torch.tensor([first_row[i + 1] - first_row[i] for i in range(len(prompts))],
+                                                 device=dev))
+    mask = (torch.arange(L, device=dev)[None, :] < lens.index_select(0, owner)[:, None]).long()
+    return layers, mask, lens, firsts
+
+
 def sample_rows(logits: torch.Tensor, cfg: SamplingConfig, gens: Sequence[torch.Generator],
                 owners: Sequence[int]) -> torch.Tensor:
     """One token per row of [R, V] logits: inverse-CDF sampling, row r's uniform drawn from
@@ -190,17 +257,20 @@ def sample_batched(
     # [P, h, C + N, d] whose valid positions the mask marks (stored part, then new part).
     # Not stored: a thought prompt ends in its marker, which no later prompt extends, and a
     # batch of full-length copies would push the probe passes out of the store.
-    kv, pmask, lens, last = prefix_pass(model, [ScoreGroup(tuple(p)) for p in prompts], store, keep=False)
-    firsts = model.get_output_embeddings()(last).float()
     owner = torch.repeat_interleave(torch.arange(P), torch.tensor(list(ns)))  # row -> its prompt
     first_row = [0, *torch.tensor(list(ns)).cumsum(0).tolist()]
     owner_dev = owner.to(dev)
     cache = DynamicCache()
-    cache.layers = [
-        _GrowingLayer(k.index_select(0, owner_dev), v.index_select(0, owner_dev), k.shape[2] + cfg.max_tokens)
-        for k, v in kv
-    ]
-    mask = pmask.index_select(0, owner_dev).long()
+    if packable(model):
+        cache.layers, mask, lens, firsts = _packed_prefill(model, prompts, first_row, cfg.max_tokens, store)
+    else:
+        kv, pmask, lens, last = prefix_pass(model, [ScoreGroup(tuple(p)) for p in prompts], store, keep=False)
+        firsts = model.get_output_embeddings()(last).float()
+        cache.layers = [
+            _GrowingLayer(k.index_select(0, owner_dev), v.index_select(0, owner_dev), k.shape[2] + cfg.max_tokens)
+            for k, v in kv
+        ]
+        mask = pmask.index_select(0, owner_dev).long()
     pos = lens.index_select(0, owner_dev)
     logits = firsts.index_select(0, owner_dev)
     R = len(owner)

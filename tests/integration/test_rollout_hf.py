@@ -326,24 +326,33 @@ def test_bf16_scoring_is_close_to_float32_and_the_chain_follows_it(tiny_model_di
         create_engine("hf", model=str(tiny_model_dir), score_matmul_dtype="float16")
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_lean_decode_samples_as_transformers_forward(sharp_model, tiny_model_dir, monkeypatch, temperature):
-    """The Llama decode step without transformers (`lean_decode`) against transformers' forward
-    on the same cache: prompts of different lengths (padding in the cache), rows leaving the
-    batch, RoPE per row. Same tokens, log-probs to float rounding."""
+@pytest.mark.parametrize("temperature,stored", [(0.0, False), (1.0, False), (1.0, True)])
+def test_lean_decode_samples_as_transformers_forward(sharp_model, tiny_model_dir, monkeypatch, temperature,
+                                                     stored):
+    """The Llama prefill and decode step without transformers (`_packed_prefill`, `lean_decode`)
+    against transformers' forward: prompts of different lengths (padding in the cache), rows
+    leaving the batch, RoPE per row, and (stored) prompts whose start the prefix store holds,
+    one of them wholly. Same tokens, log-probs to float rounding."""
     from transformers import AutoTokenizer
 
     from ra3_megatron.rollout import hf_sampling
+    from ra3_megatron.rollout.kv_store import PrefixKVStore
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rng = random.Random(3)
     prompts = [[rng.randrange(tok.vocab_size) for _ in range(n)] for n in (3, 17, 9)]
     cfg = SamplingConfig(n=1, temperature=temperature, max_tokens=12, logprobs=True)
+    store = None
+    if stored:
+        store = PrefixKVStore(64 << 20)
+        with torch.inference_mode():
+            for ids in (prompts[1][:11], prompts[2] + [5, 6]):  # part of one prompt; more than another
+                hf_sampling._forward_with_store(sharp_model, ids, store)
 
     def run():
         gens = [torch.Generator().manual_seed(40 + i) for i in range(len(prompts))]
         with torch.inference_mode():
-            return hf_sampling.sample_batched(sharp_model, tok, prompts, [2, 1, 3], cfg, gens, None)
+            return hf_sampling.sample_batched(sharp_model, tok, prompts, [2, 1, 3], cfg, gens, store)
 
     assert hf_sampling.packable(sharp_model)
     lean = run()
@@ -351,6 +360,8 @@ def test_lean_decode_samples_as_transformers_forward(sharp_model, tiny_model_dir
     plain = run()
     assert all(same_samples(a, b, tol=1e-4) for a, b in zip(lean, plain))
     assert sum(len(c.token_ids) for p in lean for c in p) > 6 * 3
+    if stored:
+        assert store.reused_tokens == 2 * (11 + 8)  # both runs: 11 of prompt 1, all but the last of prompt 2
 
 
 def test_probe_and_chain_passes_agree_between_packed_and_transformers_forward(sharp_model, monkeypatch):
