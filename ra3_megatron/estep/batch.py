@@ -26,6 +26,7 @@ from ra3_megatron.estep.search import (
     SearchResult,
     search_steps,
 )
+from ra3_megatron.megatron.cpu_shims import device_mode_suspended
 from ra3_megatron.rollout.base import SamplingConfig
 
 
@@ -45,6 +46,14 @@ def run_searches(
     codec: Codec | None = None,
 ) -> list[SearchResult]:
     """Search every (snippet id, text) in `jobs`; q = `sampler`, pi = `scorer` (may be the same engine)."""
+    # The engines never name a CUDA device: without the Megatron CPU shims' device mode, which
+    # is on for the whole process once q's Megatron trainer exists (cpu_shims).
+    with device_mode_suspended():
+        return _run_searches(jobs, sampler=sampler, scorer=scorer, cfg=cfg, phase=phase,
+                             keep_groups=keep_groups, codec=codec)
+
+
+def _run_searches(jobs, *, sampler, scorer, cfg, phase, keep_groups, codec) -> list[SearchResult]:
     codec = codec or Codec(sampler.tokenizer)
     gens = [search_steps(sid, text, codec, cfg, phase=phase, keep_groups=keep_groups) for sid, text in jobs]
     results: list[SearchResult | None] = [None] * len(gens)

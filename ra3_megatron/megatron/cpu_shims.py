@@ -145,6 +145,24 @@ def _enter_device_mode(torch) -> None:
     _MODE.__enter__()  # stays on for the life of the process
 
 
+@contextlib.contextmanager
+def device_mode_suspended():
+    """Run torch ops without the device mode (patch 4) inside the block; a no-op when it is off.
+
+    The mode is a Python `__torch_function__` on every torch call of the process. Code that
+    never names a CUDA device (the rollout engines of the E-step, which share a process with
+    the Megatron trainer of q) runs thousands of small ops per second, and pays for it.
+    """
+    from torch.overrides import _get_current_function_mode_stack, _pop_mode_temporarily
+
+    stack = _get_current_function_mode_stack()
+    if _MODE is None or not stack or stack[-1] is not _MODE:  # off, or another mode above it
+        yield
+        return
+    with _pop_mode_temporarily():  # only this mode: tensor subclasses keep their own dispatch
+        yield
+
+
 def _patch_checkpoint_queue() -> None:
     from megatron.core.dist_checkpointing.strategies import filesystem_async
     from torch import multiprocessing as mp
