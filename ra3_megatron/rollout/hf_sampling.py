@@ -287,12 +287,13 @@ def sample_batched(
         nxt = torch.zeros(len(active), dtype=torch.long, device=dev)
         live = [j for j, r in enumerate(active) if not done[r]]
         nxt[live] = sample_rows(logits[live], cfg, gens, [owner_of[active[j]] for j in live])
-        lp = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0].tolist()
+        lp = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0].tolist() if cfg.logprobs else None
         for j, (r, t) in enumerate(zip(active, nxt.tolist())):
             if done[r]:
                 continue
             toks[r].append(t)
-            lps[r].append(lp[j])
+            if lp is not None:
+                lps[r].append(lp[j])
             if may_stop is not None and (t >= len(may_stop) or may_stop[t]):
                 _, hit = cut_at_stop(tokenizer.decode(toks[r], skip_special_tokens=True), cfg.stop)
                 done[r] = hit
