@@ -169,7 +169,8 @@ def main() -> None:
                      "rl_s": secs.get("rl", 0.0), "estep_wall": e_wall, "mstep_s": m["seconds"],
                      "mstep_steps": m["steps"], "tokens": i_tokens, "rl_reward": [r.get("reward") for r in stats["rl"]],
                      "rl_phases": {k: round(sum(r.get(k, 0.0) for r in stats["rl"]), 2)
-                                   for k in ("search_s", "logprobs_s", "update_s", "sync_s")}})
+                                   for k in ("search_s", "logprobs_s", "update_s", "sync_s")},
+                     "infuse_parts": secs.get("infuse_parts", {})})
         print(json.dumps(rows[-1]), flush=True)
     ntp.append(mstep(model, plain, work / "ntp_mstep", steps, a))  # again: machine load drifts
     ntp_s = sum(n["seconds"] for n in ntp) / len(ntp)
@@ -192,6 +193,9 @@ def main() -> None:
     print("RL costs rl_steps x rl_snippets searches + updates whatever the corpus size: on a real corpus it vanishes.")
     for r in rows:
         print(f"RL phases at c = {r['c']} (s, all steps): {r['rl_phases']}")
+    for r in rows:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in r["infuse_parts"].items())
+        print(f"Infusion at c = {r['c']} by engine call (s): {parts}")
     (work / "results.json").write_text(json.dumps({"ntp": ntp, "rows": rows, "args": vars(a)}, indent=1))
 
 

@@ -12,6 +12,7 @@ is in its batch and however its requests are scheduled, and no two rollouts shar
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 
 from ra3_megatron.estep.config import EStepConfig
@@ -44,16 +45,39 @@ def run_searches(
     phase: str = "infuse",
     keep_groups: bool = True,
     codec: Codec | None = None,
+    clock: dict[str, float] | None = None,
 ) -> list[SearchResult]:
-    """Search every (snippet id, text) in `jobs`; q = `sampler`, pi = `scorer` (may be the same engine)."""
+    """Search every (snippet id, text) in `jobs`; q = `sampler`, pi = `scorer` (may be the same engine).
+
+    clock: when given, the seconds spent in each kind of engine call are added to it (keys
+    "probe", "chain", "score", "sample"; `ENGINE_CALLS`), and the rest, the searches' own work
+    between calls, to "search".
+    """
     # The engines never name a CUDA device: without the Megatron CPU shims' device mode, which
     # is on for the whole process once q's Megatron trainer exists (cpu_shims).
     with device_mode_suspended():
         return _run_searches(jobs, sampler=sampler, scorer=scorer, cfg=cfg, phase=phase,
-                             keep_groups=keep_groups, codec=codec)
+                             keep_groups=keep_groups, codec=codec, clock=clock)
 
 
-def _run_searches(jobs, *, sampler, scorer, cfg, phase, keep_groups, codec) -> list[SearchResult]:
+ENGINE_CALLS = ("probe", "chain", "score", "sample")
+
+
+class _Laps:
+    """Adds the time since the last lap to clock[name] (or nothing without a clock)."""
+
+    def __init__(self, clock: dict[str, float] | None):
+        self.clock, self.t = clock, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.clock is not None:
+            now = time.perf_counter()
+            self.clock[name] = self.clock.get(name, 0.0) + now - self.t
+            self.t = now
+
+
+def _run_searches(jobs, *, sampler, scorer, cfg, phase, keep_groups, codec, clock) -> list[SearchResult]:
+    lap = _Laps(clock)
     codec = codec or Codec(sampler.tokenizer)
     gens = [search_steps(sid, text, codec, cfg, phase=phase, keep_groups=keep_groups) for sid, text in jobs]
     results: list[SearchResult | None] = [None] * len(gens)
@@ -78,16 +102,20 @@ def _run_searches(jobs, *, sampler, scorer, cfg, phase, keep_groups, codec) -> l
             if isinstance(req, ScoreRequest):
                 engine = sampler if req.engine == "q" else scorer
                 by_engine.setdefault(id(engine), (engine, []))[1].append(f)
+        lap("search")
         for engine, idx in by_engine.values():
             for f, scores in zip(idx, engine.score_groups([flat[f][1].group for f in idx])):
                 answers[f] = [scores]
+        lap("score")
         chains = [f for f, (_, req) in enumerate(flat) if isinstance(req, ChainRequest)]
         for f, lps in zip(chains, chain_logprobs(scorer, [(flat[f][1].ids, flat[f][1].start) for f in chains])):
             answers[f] = lps
+        lap("chain")
         probes = [f for f, (_, req) in enumerate(flat) if isinstance(req, ProbeRequest)]
         out = probe_logprobs(sampler, [(flat[f][1].ids, flat[f][1].positions, flat[f][1].tokens) for f in probes])
         for f, lps in zip(probes, out):
             answers[f] = lps
+        lap("probe")
         samples = [f for f, (_, req) in enumerate(flat) if isinstance(req, SampleRequest)]
         if samples:
             # One call for every prompt of the round, each with its own n and its own seed.
@@ -98,9 +126,11 @@ def _run_searches(jobs, *, sampler, scorer, cfg, phase, keep_groups, codec) -> l
             ]
             for f, completions in zip(samples, sampler.generate([list(flat[f][1].prompt) for f in samples], configs)):
                 answers[f] = completions
+        lap("sample")
         by_search: dict[int, list[object]] = {}
         for (i, _), answer in zip(flat, answers):
             by_search.setdefault(i, []).append(answer)
         for i, got in by_search.items():
             advance(i, tuple(got) if isinstance(pending[i], Bundle) else got[0])
+    lap("search")
     return [r for r in results if r is not None]

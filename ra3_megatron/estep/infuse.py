@@ -58,7 +58,8 @@ def infuse(
     """Search this rank's share of `snippets` and write them; resumes from completed shards.
 
     Returns {"stats": SearchStats of all of this rank's shards, "shards": [Path], "new": snippets
-    searched in this run, "duplicates": ids seen twice in the input (skipped after the first)}.
+    searched in this run, "duplicates": ids seen twice in the input (skipped after the first),
+    "seconds": this run's time per kind of engine call and in the searches themselves}.
     """
     writer = ShardWriter(out_dir, rank=rank, shard_size=cfg.shard_size)
     done = writer.resume()
@@ -69,6 +70,7 @@ def infuse(
     duplicates = 0
     new = 0
     bar = _progress(progress, rank, len(done))
+    clock: dict[str, float] = {}  # seconds per kind of engine call, and the searches' own
     try:
         while True:
             batch = []
@@ -83,7 +85,7 @@ def infuse(
             if not batch:
                 break
             results = run_searches(batch, sampler=sampler, scorer=scorer, cfg=cfg, phase="infuse",
-                                   keep_groups=False, codec=codec)
+                                   keep_groups=False, codec=codec, clock=clock)
             for r in results:
                 writer.write(r.infused.to_record(), r.stats)
             new += len(batch)
@@ -95,7 +97,8 @@ def infuse(
     finally:
         if bar is not None:
             bar.close()
-    return {"stats": writer.done_stats, "shards": list(writer.shards), "new": new, "duplicates": duplicates}
+    return {"stats": writer.done_stats, "shards": list(writer.shards), "new": new, "duplicates": duplicates,
+            "seconds": {k: round(v, 3) for k, v in sorted(clock.items())}}
 
 
 def _progress(enabled: bool, rank: int, initial: int):

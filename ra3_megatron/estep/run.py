@@ -85,7 +85,7 @@ def run_estep(
     if (out / "manifest.json").is_file() and (out / "stats.json").is_file():
         return json.loads((out / "stats.json").read_text(encoding="utf-8"))
     reader_opts = dict(reader_opts or {})
-    seconds: dict[str, float] = {}
+    seconds: dict[str, Any] = {}
     t0 = time.perf_counter()
     scorer = make_engine(run.model)
     seconds["load"] = time.perf_counter() - t0
@@ -137,6 +137,7 @@ def run_estep(
     result = infuse(snippets, out, sampler=sampler, scorer=scorer, cfg=cfg, rank=run.rank, world=run.world,
                     limit=run.limit, progress=run.progress)
     seconds["infuse"] = time.perf_counter() - t0
+    seconds["infuse_parts"] = result["seconds"]  # probe, chain, score, sample, search (batch.run_searches)
     skipped = {**dict(report.counts), **({"duplicate-id": result["duplicates"]} if result["duplicates"] else {})}
     write_rank_done(out, run.rank, result["shards"], result["stats"], {"skipped": skipped, "seconds": seconds})
     manifest = try_write_manifest(out, run.world, {"config": cfg.to_dict(), "model": run.model})

@@ -152,7 +152,11 @@ def render_report(stats: dict[str, Any]) -> str:
         lines.append("Skipped: " + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items())))
     seconds = stats.get("seconds", {})
     if seconds:
-        lines += ["", "Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())]
+        lines += ["", "Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if not isinstance(v, dict))]
+        parts = seconds.get("infuse_parts") or {}
+        if parts:
+            lines.append("Infusion time by engine call (and the searches' own work): "
+                         + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
     return "\n".join(lines) + "\n"
 
 

@@ -93,6 +93,11 @@ def test_deterministic_under_a_seed(tiny_model_dir, tmp_path):
     assert stats["infusion"]["records"] == sum(len(x.splitlines()) for x in a)
     for name in ("manifest.json", "report.md", "config.json"):
         assert (tmp_path / "a" / name).is_file()
+    # where the infusion's time went: engine calls by kind, and the searches' own work
+    parts = stats["seconds"]["infuse_parts"]
+    assert {"probe", "chain", "score", "sample", "search"} <= set(parts) and min(parts.values()) >= 0
+    assert 0 < sum(parts.values()) <= stats["seconds"]["infuse"]
+    assert "Infusion time by engine call" in (tmp_path / "a" / "report.md").read_text()
     assert list((tmp_path / "a" / "tb").iterdir()), "TensorBoard scalars"
     assert not (tmp_path / "a" / "rl" / "q").exists()  # q's weights are dropped unless --keep-q
     # a finished output is not redone; another configuration on it is refused
