@@ -148,10 +148,11 @@ def sequence_logprobs(model, ids: Sequence[int], start: int, store: PrefixKVStor
     return _head_logprobs(model, hidden[start - 1 - c :], tgt, head_chunk).tolist()
 
 
-def _packed_prefill(model, prompts: Sequence[list[int]], first_row: list[int], max_tokens: int,
-                    store: PrefixKVStore | None):
+def _packed_prefill(model, prompts: Sequence[list[int]], first_row: list[int], owner: torch.Tensor,
+                    max_tokens: int, store: PrefixKVStore | None):
     """The prefill of a Llama-family model: (decode cache layers, valid mask [R, L], prompt
-    lengths [P], first logits [P, vocab]), rows first_row[p]:first_row[p + 1] being prompt p's.
+    lengths [P], first logits [P, vocab]); rows first_row[p]:first_row[p + 1] are prompt p's
+    (owner [R]: each row's prompt).
 
     Each prompt runs only its tokens past what the store holds, packed with the others into one
     `PackedDecoder` forward that attends to the stored K/V where it lies. The decode cache
@@ -196,9 +197,6 @@ def _packed_prefill(model, prompts: Sequence[list[int]], first_row: list[int], m
                 buf[a:b, :, n:L] = 0.0  # masked, but garbage there could be NaN, and NaN * 0 is NaN
             start += fresh[i]
         layers.append(_GrowingLayer.over(bufs[0], bufs[1], L))
-    owner = torch.repeat_interleave(torch.arange(len(prompts), device=dev),
-                                    torch.tensor([first_row[i + 1] - first_row[i] for i in range(len(prompts))],
-                                                 device=dev))
     mask = (torch.arange(L, device=dev)[None, :] < lens.index_select(0, owner)[:, None]).long()
     return layers, mask, lens, firsts
 
@@ -253,17 +251,18 @@ def sample_batched(
     docstring)."""
     dev, eos = model.device, tokenizer.eos_token_id
     P = len(prompts)
-    # All prompts' prefill in one batch, each from what the store holds of it: per layer K/V
-    # [P, h, C + N, d] whose valid positions the mask marks (stored part, then new part).
-    # Not stored: a thought prompt ends in its marker, which no later prompt extends, and a
-    # batch of full-length copies would push the probe passes out of the store.
+    # All prompts' prefill in one batch, each from what the store holds of it, into a decode
+    # cache of one row per sample. The prompts are not stored: a thought prompt ends in its
+    # marker, which no later prompt extends, and a batch of full-length copies would push the
+    # probe passes out of the store.
     owner = torch.repeat_interleave(torch.arange(P), torch.tensor(list(ns)))  # row -> its prompt
     first_row = [0, *torch.tensor(list(ns)).cumsum(0).tolist()]
     owner_dev = owner.to(dev)
     cache = DynamicCache()
     if packable(model):
-        cache.layers, mask, lens, firsts = _packed_prefill(model, prompts, first_row, cfg.max_tokens, store)
-    else:
+        cache.layers, mask, lens, firsts = _packed_prefill(model, prompts, first_row, owner_dev, cfg.max_tokens,
+                                                           store)
+    else:  # padded: per layer K/V [P, h, C + N, d] (stored part, then new part), then per row
         kv, pmask, lens, last = prefix_pass(model, [ScoreGroup(tuple(p)) for p in prompts], store, keep=False)
         firsts = model.get_output_embeddings()(last).float()
         cache.layers = [
