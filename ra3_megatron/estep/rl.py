@@ -28,6 +28,7 @@ from ra3_megatron.estep.batch import run_searches
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.search import PositionGroup
 from ra3_megatron.estep.stats import SearchStats
+from ra3_megatron.megatron.cpu_shims import device_mode_suspended
 from ra3_megatron.rollout.base import ScoreGroup, ScoreOption
 
 Batch = dict[str, Any]
@@ -168,7 +169,9 @@ def engine_logprobs(engine, batch: Batch) -> Any:
         groups.append(ScoreGroup(tuple(seq[: first + 1]), (ScoreOption((), tuple(seq[first + 1 :])),)))
         rows.append((r, first, last))
     out = torch.zeros_like(batch["loss_mask"], dtype=torch.float32)
-    for (r, first, last), scores in zip(rows, engine.score_groups(groups)):
+    with device_mode_suspended():  # an engine call, like the searches' (estep.batch)
+        answers = engine.score_groups(groups)
+    for (r, first, last), scores in zip(rows, answers):
         out[r, first:last] = torch.tensor(scores[0], dtype=torch.float32)
     return out
 
