@@ -36,6 +36,7 @@ from ra3_megatron.core.rewards import group_advantages
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.rl import engine_logprobs
 from ra3_megatron.estep.stats import atomic_write_text
+from ra3_megatron.megatron.cpu_shims import device_mode_suspended
 from ra3_megatron.rlvr.batch import batch_from_rows, logprob_gap, rollout_stats, rows_from_rollouts
 from ra3_megatron.rlvr.config import GRPOConfig
 from ra3_megatron.rlvr.problems import Problem
@@ -75,7 +76,9 @@ def generate(engine, problems: Sequence[Problem], sampling: SamplingConfig):
         by_stop.setdefault(tuple(p.stop), []).append(i)
     for stop, idx in by_stop.items():
         cfg = dataclasses.replace(sampling, stop=stop)
-        for i, comps in zip(idx, engine.generate([ids[i] for i in idx], cfg)):
+        with device_mode_suspended():  # an engine call: no torch hook per op (megatron.cpu_shims)
+            answers = engine.generate([ids[i] for i in idx], cfg)
+        for i, comps in zip(idx, answers):
             out[i] = comps
     return ids, out
 
