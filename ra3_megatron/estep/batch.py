@@ -50,17 +50,14 @@ def run_searches(
     """Search every (snippet id, text) in `jobs`; q = `sampler`, pi = `scorer` (may be the same engine).
 
     clock: when given, the seconds spent in each kind of engine call are added to it (keys
-    "probe", "chain", "score", "sample"; `ENGINE_CALLS`), and the rest, the searches' own work
-    between calls, to "search".
+    "probe", "chain", "score", "sample"), and the rest, the searches' own work between calls,
+    to "search".
     """
     # The engines never name a CUDA device: without the Megatron CPU shims' device mode, which
     # is on for the whole process once q's Megatron trainer exists (cpu_shims).
     with device_mode_suspended():
         return _run_searches(jobs, sampler=sampler, scorer=scorer, cfg=cfg, phase=phase,
                              keep_groups=keep_groups, codec=codec, clock=clock)
-
-
-ENGINE_CALLS = ("probe", "chain", "score", "sample")
 
 
 class _Laps:
