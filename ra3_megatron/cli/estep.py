@@ -143,5 +143,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"E-step: {stats['infusion']['records']} snippets -> {args.output}")
     print("  " + ", ".join(f"{k} {s[k]:.4g}" for k in ("think_rate", "mean_thought_tokens", "mean_gain",
                                                        "rollout_share", "reward")))
+    secs = stats.get("seconds", {})
+    if "infuse" in secs:  # the run that wrote the output (a rerun on a finished one rereads it)
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in secs.get("infuse_parts", {}).items())
+        rl = f"RL {secs['rl']:.1f} s, " if "rl" in secs else ""
+        print(f"  time: {rl}infusion {secs['infuse']:.1f} s" + (f" ({parts})" if parts else ""))
     print(f"  report: {os.path.join(args.output, 'report.md')}")
     return 0

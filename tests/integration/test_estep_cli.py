@@ -68,7 +68,7 @@ def _shard_bytes(out: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(out.glob("part-*.jsonl"))]
 
 
-def test_deterministic_under_a_seed(tiny_model_dir, tmp_path):
+def test_deterministic_under_a_seed(tiny_model_dir, tmp_path, capsys):
     corpus = _write_corpus(tmp_path / "src")
     common = [
         "--rl-steps",
@@ -83,6 +83,8 @@ def test_deterministic_under_a_seed(tiny_model_dir, tmp_path):
         "160",
     ]
     _estep(tiny_model_dir, corpus, tmp_path / "a", *common, "--seed", "1")
+    printed = capsys.readouterr().out
+    assert "  time: RL " in printed and "(chain " in printed  # where the run's time went, on the console
     _estep(tiny_model_dir, corpus, tmp_path / "b", *common, "--seed", "1")
     _estep(tiny_model_dir, corpus, tmp_path / "c", *common, "--seed", "2")
     a, b, c = (_shard_bytes(tmp_path / x) for x in "abc")
