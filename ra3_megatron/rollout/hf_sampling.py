@@ -86,6 +86,17 @@ def _cache(kv: KV) -> DynamicCache:
     return cache
 
 
+def _stored_prefix(store: PrefixKVStore | None, ids: Sequence[int], keep: int):
+    """(the store's entry sharing most leading tokens with ids, or None; how many of them to reuse,
+    leaving at least `keep` tokens to run). Counts the reuse in the store's statistics."""
+    hit = store.longest_common(ids) if store is not None else None
+    c = min(hit[0], len(ids) - keep) if hit else 0
+    if hit:
+        store.hits += 1
+        store.reused_tokens += c
+    return hit, c
+
+
 def _forward_with_store(model, ids: Sequence[int], store: PrefixKVStore | None, keep: int = 1,
                         matmul_dtype: torch.dtype = torch.float32):
     """Run `ids` (past the stored part) and return (hidden states of the new tokens [N, H], the
@@ -93,8 +104,7 @@ def _forward_with_store(model, ids: Sequence[int], store: PrefixKVStore | None, 
     A Llama-family model runs through `PackedDecoder` (no transformers call overhead, its own
     attention over the stored K/V), others through transformers' forward."""
     dev = model.device
-    hit = store.longest_common(ids) if store is not None else None
-    c = min(hit[0], len(ids) - keep) if hit else 0
+    hit, c = _stored_prefix(store, ids, keep)
     if packable(model):
         dec = PackedDecoder(model, matmul_dtype)
         context = [[(k[:, :c], v[:, :c])] for k, v in hit[1]] if c > 0 else []
@@ -113,11 +123,8 @@ def _forward_with_store(model, ids: Sequence[int], store: PrefixKVStore | None, 
         kv = [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
         hidden = out.last_hidden_state[0]
     if store is not None:
-        if hit:
-            store.hits += 1
-            store.reused_tokens += c
-            if hit[0] == len(hit[2]) < len(ids):
-                store.discard(hit[2])  # the new entry holds all of it (a chain run further on)
+        if hit and hit[0] == len(hit[2]) < len(ids):
+            store.discard(hit[2])  # the new entry holds all of it (a chain run further on)
         store.put(tuple(ids), kv)
     return hidden, c, kv
 
@@ -163,13 +170,7 @@ def _packed_prefill(model, prompts: Sequence[list[int]], first_row: list[int], o
     """
     dev = model.device
     dec = PackedDecoder(model)
-    hits = [store.longest_common(p) if store is not None else None for p in prompts]
-    cached = [min(h[0], len(p) - 1) if h else 0 for h, p in zip(hits, prompts)]
-    if store is not None:
-        for h, c in zip(hits, cached):
-            if h and c:
-                store.hits += 1
-                store.reused_tokens += c
+    hits, cached = zip(*(_stored_prefix(store, p, 1) for p in prompts))
     fresh = [len(p) - c for p, c in zip(prompts, cached)]
     with_ctx = [i for i, c in enumerate(cached) if c]
     contexts = [[(hits[i][1][li][0][:, : cached[i]], hits[i][1][li][1][:, : cached[i]]) for i in with_ctx]
