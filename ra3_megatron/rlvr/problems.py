@@ -119,7 +119,7 @@ def load_mbpp(split: str = "train", mbpp_dir: str | os.PathLike | None = None, *
 
     prompt "3shot": the standard few-shot prompt (tasks 2-4 as examples), the completion is the
     whole program, stop at [DONE]; "evalplus": a docstring prompt the program continues.
-    The directory: `mbpp_dir`, else env RA3_MBPP_DIR, else ../shared/data/mbpp (`eval.benchmarks`).
+    The directory: `mbpp_dir`, else env RA3_MBPP_DIR, else the packaged copy (`eval.benchmarks`).
     """
     from dataclasses import replace
 

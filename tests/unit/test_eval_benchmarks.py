@@ -10,6 +10,7 @@ import pytest
 from ra3_megatron.errors import ConfigError, InputError
 from ra3_megatron.eval import prompts
 from ra3_megatron.eval.benchmarks import (
+    bundled_mbpp_dir,
     load_dataset,
     load_humaneval,
     load_mbpp,
@@ -80,6 +81,17 @@ def test_setup_code_objects_of_the_programs_own_class_reach_it_by_reference():
 def test_sanitized_uses_test_imports():
     ds = load_mbpp(MBPP_TINY, sanitized=True)
     assert list(ds.problems) == ["Mbpp/11", "Mbpp/13"] and ds.problems["Mbpp/13"].setup == "import math"
+
+
+def test_mbpp_is_shipped_inside_the_package(monkeypatch):
+    import ra3_megatron
+
+    monkeypatch.delenv("RA3_MBPP_DIR", raising=False)
+    packaged = resolve_mbpp_dir()
+    assert packaged == bundled_mbpp_dir()
+    assert Path(ra3_megatron.__file__).parent in packaged.parents  # nothing outside the package
+    assert "CC BY 4.0" in (packaged / "SOURCE.md").read_text()
+    assert len(load_dataset("mbpp").problems) == 500
 
 
 def test_mbpp_directory_resolution(monkeypatch, tmp_path):
