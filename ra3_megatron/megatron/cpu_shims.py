@@ -163,6 +163,17 @@ def device_mode_suspended():
         yield
 
 
+def _manager_dies_with_its_rank() -> None:
+    """The forked Manager inherits the rank's signal handlers (SIGTERM then does not stop it) and,
+    once its rank is SIGKILLed, would serve on as an orphan: restore SIGTERM and watch the parent."""
+    import signal
+
+    from ra3_megatron.megatron.watchdog import exit_when_orphaned
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    exit_when_orphaned(what="dist_checkpointing's writer Manager")
+
+
 def _patch_checkpoint_queue() -> None:
     from megatron.core.dist_checkpointing.strategies import filesystem_async
     from torch import multiprocessing as mp
@@ -170,7 +181,11 @@ def _patch_checkpoint_queue() -> None:
     def get_queue():
         # The queue only carries write results between processes of this host: fork is enough.
         if filesystem_async._results_queue is None:
-            filesystem_async._results_queue = mp.get_context("fork").Manager().Queue()
+            from multiprocessing.managers import SyncManager
+
+            manager = SyncManager(ctx=mp.get_context("fork"))
+            manager.start(initializer=_manager_dies_with_its_rank)
+            filesystem_async._results_queue = manager.Queue()
         return filesystem_async._results_queue
 
     filesystem_async._get_write_results_queue = get_queue

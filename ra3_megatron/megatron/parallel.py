@@ -8,6 +8,9 @@ CPU shims are applied first; on a GPU it is nccl and each process takes its LOCA
     init_distributed(cfg)          # torchrun --nproc-per-node 2 ...
     ...
     destroy_distributed()
+
+Every rank of a multi-rank group runs a watchdog (`megatron.watchdog`): a rank whose launcher or
+peer died exits within about a minute (RA3_PEER_TIMEOUT_S) instead of waiting in a collective.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ def init_distributed(cfg: ParallelConfig) -> None:
             timeout=datetime.timedelta(minutes=cfg.timeout_minutes),
         )
     cfg.validate(dist.get_world_size())
+    from ra3_megatron.megatron.watchdog import start_watchdog
+
+    start_watchdog(dist.get_rank(), dist.get_world_size())
 
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
@@ -98,6 +104,9 @@ def destroy_distributed() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
+        from ra3_megatron.megatron.watchdog import stop_watchdog
+
+        stop_watchdog()
         dist.destroy_process_group()
 
 
