@@ -123,7 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ra3_megatron.estep.run import EStepRun, run_estep
+    from ra3_megatron.rollout.base import check_model_dir
 
+    check_model_dir(args.model)  # before anything is written
     cfg = estep_config_from_args(args)
     if not 0 <= args.worker_rank < args.workers:
         raise ConfigError(f"--worker-rank {args.worker_rank} is not in [0, --workers {args.workers})")

@@ -255,17 +255,28 @@ def _entry_point(tests: str, code: str) -> str:
     return next((n for n in called if not hasattr(builtins, n)), "")
 
 
+def jsonl_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each non-blank line of a jsonl (or .jsonl.gz) file; a line that is
+    not UTF-8 is an InputError naming the line, the column and the byte."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem = f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                raise InputError(path, problem, number) from None
+            if text.strip():
+                yield number, text
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, record) for each non-blank line; InputError names a bad line."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InputError(path, f"not valid JSON ({exc.msg}; truncated line?)", number) from None
-            if not isinstance(rec, dict):
-                raise InputError(path, "each line must be a JSON object", number)
-            yield number, rec
+    for number, raw in jsonl_text_lines(path):
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"not valid JSON ({exc.msg}; truncated line?)", number) from None
+        if not isinstance(rec, dict):
+            raise InputError(path, "each line must be a JSON object", number)
+        yield number, rec

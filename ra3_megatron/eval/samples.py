@@ -22,7 +22,7 @@ import numpy as np
 
 from ra3_megatron.core.passk import estimate_pass_at_k
 from ra3_megatron.errors import InputError
-from ra3_megatron.eval.benchmarks import Dataset
+from ra3_megatron.eval.benchmarks import Dataset, jsonl_text_lines
 from ra3_megatron.eval.checker import Outcome
 
 STATUSES = ("passed", "failed", "timed_out", "error")
@@ -39,11 +39,7 @@ def read_samples(path: str | os.PathLike, dataset: Dataset) -> list[Sample]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "samples file not found")
-    samples = []
-    with open(path, encoding="utf-8") as f:
-        for number, raw in enumerate(f, 1):
-            if raw.strip():
-                samples.append(parse_sample(raw, dataset, path, number))
+    samples = [parse_sample(raw, dataset, path, number) for number, raw in jsonl_text_lines(path)]
     if not samples:
         raise InputError(path, "no samples in the file")
     return samples

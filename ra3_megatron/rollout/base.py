@@ -12,9 +12,13 @@ Plus `load_weights` (new policy weights into the live engine, prefix cache reset
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from ra3_megatron.errors import InputError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +96,18 @@ def register_engine(name: str, import_path: str) -> None:
     _ENGINES[name] = import_path
 
 
+def check_model_dir(model: str | os.PathLike) -> Path:
+    """A local model directory, or an InputError saying so: a missing path must never reach
+    `from_pretrained`, which would take it for a hub repo id and try the network."""
+    path = Path(model)
+    if not path.is_dir():
+        raise InputError(path, "model directory not found (a local HF checkpoint dir; models are never downloaded)")
+    return path
+
+
 def create_engine(name: str, **kwargs) -> RolloutEngine:
+    if kwargs.get("model") is not None:
+        check_model_dir(kwargs["model"])
     if name not in _ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; known: {', '.join(sorted(_ENGINES))}")
     module, _, cls = _ENGINES[name].partition(":")

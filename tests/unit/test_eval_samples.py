@@ -180,3 +180,20 @@ def test_ra3_eval_cli_reports_a_bad_line_and_exits_2(tmp_path, capsys):
     assert code == 2
     assert f"{samples}:2: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_ra3_eval_cli_names_a_line_that_is_not_utf8(tmp_path, capsys):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_bytes(b'{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": "HumanEval/0", "completion": "\xff"}\n')
+    code = main(["eval", "--dataset", str(EVALPLUS_TINY), "--samples", str(samples), "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    assert f"{samples}:2: not UTF-8 (byte 0xff at column 43)" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_problem_file_that_is_not_utf8_names_the_line(tmp_path):
+    bad = tmp_path / "p.jsonl"
+    bad.write_bytes(EVALPLUS_TINY.read_bytes() + b'{"task_id": "\xc3\x28"}\n')
+    lines = EVALPLUS_TINY.read_bytes().count(b"\n")
+    with pytest.raises(InputError, match=rf"p.jsonl:{lines + 1}: not UTF-8 \(byte 0xc3 at column 14\)"):
+        load_problem_file(bad)
