@@ -9,7 +9,7 @@ weights and most prefixes already, or from a trainer forward pass) and, with a K
 `ref_logprobs` (log pi(label) from the scorer engine: q starts as a copy of pi).
 Groups whose advantages are all zero carry no signal and are dropped.
 
-Trainers implement `PolicyTrainer` (`estep.trainers`: torch/transformers, `estep.megatron_trainer`:
+Trainers implement `PolicyTrainer` (`estep.torch_trainer`: torch/transformers, `estep.megatron_trainer`:
 the MegatronEngine with the policy-gradient loss). After every step the new weights go to the
 rollout engine that samples q: `trainer.export_weights(dir)` then `sampler.load_weights(dir)`.
 """

@@ -1,8 +1,8 @@
 """Recipes: plain functions returning the whole typed config of an RA3 run.
 
-    ra3 em --recipe tiny_cpu                                  # the embedded default (`make demo`)
-    ra3 em --recipe smollm2_135m_cpu run_dir=runs/smol estep.penalty=0.1
-    ra3 recipes                                               # lists them
+    ra3 demo                                                  # the embedded default, tiny_cpu (`make demo`)
+    ra3 demo --recipe smollm2_135m_cpu run_dir=runs/smol estep.penalty=0.1
+    ra3 demo --list                                           # lists them
 
 Names follow the model, size, GPU count, hardware and precision. A recipe never downloads:
 models and data are local paths (the embedded ones are built from PyPI packages and the

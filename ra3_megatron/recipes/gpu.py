@@ -2,7 +2,7 @@
 
 `model` is a local HF checkpoint dir (nothing is downloaded); `input` is your corpus of Python
 snippets in any form `ra3 prepare` reads. The paper mid-trains on 3.5M snippets (~1B tokens).
-E-step: vLLM samples thoughts, the prefix-cache scorer scores them, q's RL update runs in
+E-step: vLLM samples thoughts and scores them (prompt log-probs, `VLLMConfig.scorer="vllm"`), q's RL update runs in
 Megatron. M-step: torchrun over 8 GPUs, Transformer Engine, bf16 (FP8 on the 8B recipe).
 """
 

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the shims are a no-op with CUDA")
+pytestmark = [pytest.mark.unit, pytest.mark.skipif(torch.cuda.is_available(), reason="the shims are a no-op with CUDA")]
 
 
 def run(code: str) -> str:
