@@ -109,33 +109,51 @@ def _check_fp8(build_cfg: ModelBuildConfig, impl: str) -> None:
         )
     if not torch.cuda.is_available():
         raise ConfigError(f"fp8={build_cfg.fp8!r} needs a CUDA GPU; none is available")
-    major, minor = torch.cuda.get_device_capability()
-    cuda = tuple(int(x) for x in (torch.version.cuda or "0.0").split(".")[:2])
-    sm = major * 10 + minor
-    need = {"delayed": 89, "tensorwise": 89, "blockwise": 90, "mxfp8": 100}.get(build_cfg.fp8_recipe)
-    if need is None:
+    if build_cfg.fp8_recipe not in _FP8_RECIPE_SUPPORT:
         raise ConfigError(
-            f"fp8_recipe must be delayed, tensorwise, blockwise or mxfp8, got {build_cfg.fp8_recipe!r}"
+            f"fp8_recipe must be one of {', '.join(_FP8_RECIPE_SUPPORT)}, got {build_cfg.fp8_recipe!r}"
         )
-    te_ok, te_reason = _te_fp8_support()
-    if sm < need or (sm == 89 and cuda < (12, 1)) or not te_ok:
+    ok, reason = te_fp8_recipe_support(build_cfg.fp8_recipe)
+    if not ok:
+        major, minor = torch.cuda.get_device_capability()
         raise ConfigError(
-            f"fp8 recipe {build_cfg.fp8_recipe!r} is not supported on sm{sm} with CUDA {torch.version.cuda}: "
-            "FP8 needs sm89 (Ada) with CUDA >= 12.1 or sm90+ (Hopper); mxfp8 needs sm100+ (Blackwell)"
-            + ("" if te_ok else f"; Transformer Engine says: {te_reason}")
+            f"fp8_recipe={build_cfg.fp8_recipe!r} cannot run on this GPU (sm{major}{minor}, CUDA "
+            f"{torch.version.cuda}): {reason}. delayed/tensorwise need sm89 (Ada, CUDA >= 12.1) or sm90+; "
+            "blockwise needs sm90+ with CUDA >= 12.9; mxfp8 needs sm100+ (Blackwell)"
         )
 
 
-def _te_fp8_support() -> tuple[bool, str]:
-    """Transformer Engine's own verdict where this TE version exposes it."""
-    for module in ("transformer_engine.pytorch.fp8", "transformer_engine.pytorch.quantization"):
-        try:
-            check = importlib.import_module(module).check_fp8_support
-        except Exception:
-            continue
-        ok, reason = check()
+# Megatron's fp8_recipe -> the name of Transformer Engine's availability check for that recipe.
+_FP8_RECIPE_SUPPORT = {"delayed": "fp8", "tensorwise": "fp8", "blockwise": "fp8_block_scaling", "mxfp8": "mxfp8"}
+
+
+def te_fp8_recipe_support(recipe: str) -> tuple[bool, str]:
+    """Transformer Engine's own verdict on one FP8 recipe on this GPU: (ok, reason).
+
+    TE >= 2.8 exports `transformer_engine.pytorch.is_<kind>_available(return_reason=True)` (from
+    `transformer_engine/pytorch/quantization.py`); older 2.x keep the same checks as class methods of
+    `FP8GlobalStateManager` in `transformer_engine.pytorch.fp8`. The generic FP8 check alone passes
+    blockwise scaling on an H100 with CUDA < 12.9, which then fails inside TE's GEMM.
+    """
+    kind = _FP8_RECIPE_SUPPORT[recipe]
+    try:
+        te = importlib.import_module("transformer_engine.pytorch")
+    except Exception as exc:  # noqa: BLE001 - a half-installed TE raises more than ImportError
+        return False, f"Transformer Engine does not import ({type(exc).__name__}: {exc})"
+    check = getattr(te, f"is_{kind}_available", None)
+    if check is not None:
+        ok, reason = check(return_reason=True)
         return bool(ok), str(reason)
-    return True, ""
+    for module in ("transformer_engine.pytorch.quantization", "transformer_engine.pytorch.fp8"):
+        try:
+            manager = importlib.import_module(module).FP8GlobalStateManager
+        except (ImportError, AttributeError):
+            continue
+        check = getattr(manager, f"is_{kind}_available", None)
+        if check is not None:
+            ok, reason = check()
+            return bool(ok), str(reason)
+    return False, f"this Transformer Engine has no {kind} availability check (TE >= 2.2 is needed)"
 
 
 def _torch_dtype(name: str):
@@ -213,7 +231,12 @@ def transformer_config_from_hf(hf_config, build_cfg: ModelBuildConfig):
     if build_cfg.fp8 is not None:
         kwargs.update(fp8=build_cfg.fp8, fp8_recipe=build_cfg.fp8_recipe, fp8_param=build_cfg.fp8_param)
     kwargs.update(build_cfg.extra)
-    return TransformerConfig(**kwargs)
+    config = TransformerConfig(**kwargs)
+    # GPTModel takes tying as an argument, but Megatron-Bridge's exporter reads it from the config
+    # (`model_bridge._share_embeddings_and_output_weights`, a getattr defaulting to False): without
+    # it a tied model exports an untied lm_head from the last pipeline stage.
+    config.share_embeddings_and_output_weights = arch.tie_word_embeddings
+    return config
 
 
 def _layer_spec(config):

@@ -196,3 +196,75 @@ def test_te_spec_and_fp8_build_on_gpu(tiny_model_dir):
                 build_model_chunks(cfg, ModelBuildConfig(fp8="hybrid"))
     finally:
         destroy_distributed()
+
+
+def _fake_te(monkeypatch, *, fp8=(True, ""), block=(True, ""), mx=(True, ""), public=True):
+    """A Transformer Engine whose per-recipe checks answer as given (TE >= 2.8 layout, or the
+    older FP8GlobalStateManager class methods), on a GPU that torch reports as present."""
+    import sys
+    import types
+
+    import torch
+
+    answers = {"fp8": fp8, "fp8_block_scaling": block, "mxfp8": mx}
+    te = types.ModuleType("transformer_engine.pytorch")
+    if public:
+        for kind, answer in answers.items():
+            setattr(te, f"is_{kind}_available", lambda return_reason=False, a=answer: a if return_reason else a[0])
+    else:
+        fp8_mod = types.ModuleType("transformer_engine.pytorch.fp8")
+        fp8_mod.FP8GlobalStateManager = type(
+            "FP8GlobalStateManager", (), {f"is_{k}_available": staticmethod(lambda a=a: a) for k, a in answers.items()}
+        )
+        monkeypatch.setitem(sys.modules, "transformer_engine.pytorch.fp8", fp8_mod)
+    monkeypatch.setitem(sys.modules, "transformer_engine", types.ModuleType("transformer_engine"))
+    monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", te)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+
+
+@pytest.mark.parametrize("public", [True, False], ids=["te>=2.8", "te<2.8"])
+def test_fp8_recipe_is_checked_with_te_per_recipe(monkeypatch, public):
+    """An H100 with CUDA 12.4: TE's generic FP8 check passes, its block-scaling check does not."""
+    from ra3_megatron.megatron.model import _check_fp8
+
+    _fake_te(monkeypatch, block=(False, "FP8 block scaled GEMM requires CUDA >= 12.9."),
+             mx=(False, "Device compute capability 10.0 or higher required"), public=public)
+    for recipe in ("delayed", "tensorwise"):
+        _check_fp8(ModelBuildConfig(fp8="hybrid", fp8_recipe=recipe), "transformer_engine")
+    with pytest.raises(ConfigError, match=r"fp8_recipe='blockwise'.*sm90, CUDA 12.4.*requires CUDA >= 12.9"):
+        _check_fp8(ModelBuildConfig(fp8="e4m3", fp8_recipe="blockwise"), "transformer_engine")
+    with pytest.raises(ConfigError, match="fp8_recipe='mxfp8'.*10.0 or higher"):
+        _check_fp8(ModelBuildConfig(fp8="e4m3", fp8_recipe="mxfp8"), "transformer_engine")
+    with pytest.raises(ConfigError, match="fp8_recipe must be one of"):
+        _check_fp8(ModelBuildConfig(fp8="hybrid", fp8_recipe="nvfp4"), "transformer_engine")
+
+
+def test_fp8_refused_when_te_says_no_fp8_at_all(monkeypatch):
+    from ra3_megatron.megatron.model import _check_fp8
+
+    _fake_te(monkeypatch, fp8=(False, "Device compute capability 8.9 or higher required for FP8 execution."))
+    with pytest.raises(ConfigError, match="8.9 or higher"):
+        _check_fp8(ModelBuildConfig(fp8="hybrid", fp8_recipe="tensorwise"), "transformer_engine")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_transformer_config_carries_embedding_tying_for_bridge(tied):
+    """Megatron-Bridge's exporter reads tying from the config, not from GPTModel."""
+    pytest.importorskip("megatron.core")
+    from transformers import LlamaConfig
+
+    from ra3_megatron.megatron.model import transformer_config_from_hf
+
+    hf = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    config = transformer_config_from_hf(hf, ModelBuildConfig())
+    assert config.share_embeddings_and_output_weights is tied
+
+
+def test_tensor_parallel_gpu_ranks_get_one_cuda_connection():
+    from ra3_megatron.megatron.parallel import ParallelConfig, cuda_env_defaults
+
+    assert cuda_env_defaults(ParallelConfig(tp=2)) == {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+    assert cuda_env_defaults(ParallelConfig(tp=1, pp=2)) == {}
