@@ -45,6 +45,17 @@ class ParallelConfig:
             raise ConfigError(f"parallel.vpp={self.vpp} needs pp >= 2 and vpp >= 1")
 
 
+def cuda_env_defaults(cfg: ParallelConfig) -> dict[str, str]:
+    """Environment a GPU rank needs before its CUDA context exists (a user's own value wins).
+
+    With TP > 1 Megatron-Core overlaps tensor-parallel communication (sequence parallelism's
+    all-gather / reduce-scatter) with GEMMs only when kernels are queued on one hardware queue in
+    issue order: CUDA_DEVICE_MAX_CONNECTIONS=1, as Megatron-LM's launch scripts and
+    Megatron-Bridge set it.
+    """
+    return {"CUDA_DEVICE_MAX_CONNECTIONS": "1"} if cfg.tp > 1 else {}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,6 +79,8 @@ def init_distributed(cfg: ParallelConfig) -> None:
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
         if on_gpu:
+            for key, value in cuda_env_defaults(cfg).items():  # before this process's CUDA context
+                os.environ.setdefault(key, value)
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
         import datetime
 
