@@ -59,6 +59,10 @@ class RA3DatasetSpec:
     seq_length: int
     seed: int = 1234
     split: str = "98,2,0"
+    # Bridge's DataloaderConfig defaults to None, which its loader refuses ("None dataloader type is
+    # not supported", megatron/bridge/data/samplers.py); "single" is Megatron's in-order pretraining
+    # sampler, which resumes from the consumed-sample count like `ra3 mstep`.
+    dataloader_type: str = "single"
 
     def build_datasets(self, context) -> tuple[Any, Any, Any]:
         """Bridge's DatasetProvider.build_datasets(DatasetBuildContext) -> (train, valid, test)."""
@@ -84,6 +88,8 @@ def ra3_dataset_provider(**spec: Any):
 
     @dataclass(kw_only=True)
     class RA3DatasetProvider(DatasetProvider, RA3DatasetSpec):
+        dataloader_type: str = "single"  # declared here: DatasetProvider's None comes later in the MRO
+
         def build_datasets(self, context):
             return RA3DatasetSpec.build_datasets(self, context)
 

@@ -5,16 +5,20 @@ RA3's: the prepared dataset (with token classes) and the latent-aware CE (same m
 ra3_megatron.core.losses.latent_aware_ce).
 
     # pretrain_ra3.py, next to Megatron-LM's pretrain_gpt.py
-    from megatron.training import pretrain
-    from megatron.core.enums import ModelType
+    from functools import partial
     from gpt_builders import gpt_builder                      # Megatron-LM's own
     from model_provider import model_provider
-    from functools import partial
     from ra3_megatron.integrations import megatron_lm as ra3
 
     if __name__ == "__main__":
-        pretrain(ra3.train_valid_test_datasets_provider, partial(model_provider, gpt_builder),
-                 ModelType.encoder_or_decoder, ra3.forward_step, extra_args_provider=ra3.add_ra3_args)
+        ra3.launch_pretrain(partial(model_provider, gpt_builder))
+
+`launch_pretrain` calls `pretrain` the way the installed Megatron-LM takes it (read from its
+signature): up to core 0.17 `pretrain(provider, model_provider, model_type, forward_step,
+extra_args_provider=...)`; from 0.18 the arguments are parsed first into a config container,
+`pretrain(cfg, provider, model_provider, model_type, forward_step)`; from 0.19 the model config is
+built from the arguments too and `model_provider` became optional, `pretrain(cfg, provider,
+model_type, forward_step)` (see `pretrain_gpt.py` at core_v0.17.0 / core_v0.18.0 / core_v0.19.0).
 
     torchrun ... pretrain_ra3.py --data-path PREFIX --tokenizer-type HuggingFaceTokenizer \\
         --tokenizer-model HF_DIR --calculate-per-token-loss --ra3-latent-weight 1.0 ...
@@ -85,8 +89,10 @@ def build_datasets(*, data_path: list[str] | str, seq_length: int, tokenizer_dir
     return datasets[:3]
 
 
-def train_valid_test_datasets_provider(train_val_test_num_samples):
-    """`train_valid_test_dataset_provider` for pretrain()."""
+def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage=None):
+    """`train_valid_test_dataset_provider` for pretrain(). Under virtual pipelining Megatron-LM
+    passes the model chunk's `vp_stage`; every rank builds its own loader whatever the stage."""
+    del vp_stage
     from megatron.training import get_args
 
     args = get_args()
@@ -99,6 +105,46 @@ def train_valid_test_datasets_provider(train_val_test_num_samples):
 # Every rank builds and reads its own loader: the batches carry token_classes, which Megatron-LM's
 # TP broadcast (get_batch_on_this_tp_rank) would drop.
 train_valid_test_datasets_provider.is_distributed = True
+
+
+def launch_pretrain(model_provider=None, *, model_type=None, pretrain=None, store=None) -> None:
+    """Train with Megatron-LM's `pretrain` and RA3's data and loss, for core 0.17, 0.18 and 0.19+.
+
+    `pretrain` defaults to `megatron.training.pretrain`; `model_type` to
+    `ModelType.encoder_or_decoder`. `model_provider` may be None from 0.19 on (Megatron-LM then
+    builds the GPT model from its arguments).
+    """
+    import inspect
+
+    if pretrain is None:
+        from megatron.training import pretrain
+    if model_type is None:
+        from megatron.core.enums import ModelType
+
+        model_type = ModelType.encoder_or_decoder
+    params = list(inspect.signature(pretrain).parameters)
+    provider, extra = train_valid_test_datasets_provider, {} if store is None else {"store": store}
+    if params[0] == "train_valid_test_dataset_provider":  # <= 0.17: pretrain parses the arguments
+        if model_provider is None:
+            raise ConfigError("this Megatron-LM's pretrain() needs a model_provider")
+        pretrain(provider, model_provider, model_type, forward_step, extra_args_provider=add_ra3_args, **extra)
+        return
+    if params[0] != "cfg_container":
+        raise ConfigError(f"unknown megatron.training.pretrain signature {params[:5]}: expected core 0.17-0.19")
+    from megatron.training import argument_utils
+    from megatron.training.arguments import parse_and_validate_args
+
+    args = parse_and_validate_args(extra_args_provider=add_ra3_args)
+    if params[2] == "model_provider":  # 0.18: the model provider stays positional
+        if model_provider is None:
+            raise ConfigError("this Megatron-LM's pretrain() needs a model_provider")
+        cfg = argument_utils.pretrain_cfg_container_from_args(args)
+        pretrain(cfg, provider, model_provider, model_type, forward_step, **extra)
+        return
+    cfg = argument_utils.pretrain_cfg_container_from_args(args, argument_utils.gpt_config_from_args(args))
+    if model_provider is not None:
+        extra["model_provider"] = model_provider
+    pretrain(cfg, provider, model_type, forward_step, **extra)
 
 
 def megatron_lm_available() -> bool:

@@ -114,6 +114,26 @@ def test_dataset_provider_spec_passes_sample_counts(monkeypatch):
     assert megatron_lm.train_valid_test_datasets_provider.is_distributed is True
 
 
+def test_bridge_provider_names_a_dataloader_type_bridge_accepts(monkeypatch):
+    """Bridge's DataloaderConfig defaults dataloader_type to None, which its loader refuses."""
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    @dataclass(kw_only=True)
+    class DatasetProvider:  # the fields of Bridge 0.6's DataloaderConfig that matter here
+        dataloader_type: str | None = None
+        num_workers: int = 2
+
+    config = types.ModuleType("megatron.bridge.training.config")
+    config.DatasetProvider = DatasetProvider
+    monkeypatch.setitem(sys.modules, "megatron.bridge.training.config", config)
+    provider = megatron_bridge.ra3_dataset_provider(prefix="p", tokenizer_dir="t", seq_length=8)
+    assert isinstance(provider, DatasetProvider)
+    assert provider.dataloader_type in ("single", "cyclic", "batch") and provider.num_workers == 2
+    assert megatron_bridge.RA3DatasetSpec(prefix="p", tokenizer_dir="t", seq_length=8).dataloader_type == "single"
+
+
 def test_megatron_lm_rejects_blends():
     from ra3_megatron.errors import ConfigError
 
@@ -136,13 +156,8 @@ def test_contract_megatron_lm_pretrain_accepts_hooks():
     from megatron.training.training import pretrain
 
     params = list(inspect.signature(pretrain).parameters)
-    assert params[:4] == [
-        "train_valid_test_dataset_provider",
-        "model_provider",
-        "model_type",
-        "forward_step_func",
-    ]
-    assert "extra_args_provider" in params
+    assert params[:5] in (_PRETRAIN_SIGNATURES["0.17"][:5], _PRETRAIN_SIGNATURES["0.18"][:5],
+                          _PRETRAIN_SIGNATURES["0.19"][:5]), params
     fs = list(inspect.signature(megatron_lm.forward_step).parameters)
     assert fs[:2] == ["data_iterator", "model"]
 
@@ -156,3 +171,64 @@ def test_contract_bridge_pretrain_accepts_hooks():
     assert params[:2] == ["config", "forward_step_func"]
     provider = megatron_bridge.ra3_dataset_provider(prefix="p", tokenizer_dir="t", seq_length=8)
     assert isinstance(provider, DatasetProvider)
+
+
+# The leading parameters of megatron.training.pretrain in Megatron-LM core_v0.17.0 / 0.18.0 / 0.19.0.
+_PRETRAIN_SIGNATURES = {
+    "0.17": ["train_valid_test_dataset_provider", "model_provider", "model_type", "forward_step_func",
+             "process_non_loss_data_func", "extra_args_provider", "args_defaults", "store"],
+    "0.18": ["cfg_container", "train_valid_test_dataset_provider", "model_provider", "model_type",
+             "forward_step_func", "process_non_loss_data_func", "store"],
+    "0.19": ["cfg_container", "train_valid_test_dataset_provider", "model_type", "forward_step_func",
+             "model_provider", "process_non_loss_data_func", "store"],
+}
+
+
+def _fake_pretrain(version: str, calls: list):
+    """A function with that version's parameter names that records how it was called."""
+    params = ", ".join(f"{p}=None" if i >= (4 if version == "0.19" else 5 if version == "0.18" else 4) else p
+                       for i, p in enumerate(_PRETRAIN_SIGNATURES[version]))
+    namespace = {"calls": calls}
+    exec(f"def pretrain({params}):\n    calls.append(dict(locals()))\n", namespace)
+    return namespace["pretrain"]
+
+
+@pytest.mark.parametrize("version", sorted(_PRETRAIN_SIGNATURES))
+def test_launch_pretrain_calls_each_megatron_lm_signature(monkeypatch, version):
+    import sys
+    import types
+
+    parsed = {}
+    arguments = types.ModuleType("megatron.training.arguments")
+    arguments.parse_and_validate_args = lambda extra_args_provider=None: parsed.setdefault("args", (
+        "ARGS", extra_args_provider))
+    argument_utils = types.ModuleType("megatron.training.argument_utils")
+    argument_utils.gpt_config_from_args = lambda args: ("MODEL_CFG", args)
+    argument_utils.pretrain_cfg_container_from_args = lambda args, model_cfg=None: ("CFG", args, model_cfg)
+    training = types.ModuleType("megatron.training")
+    training.arguments, training.argument_utils = arguments, argument_utils
+    for name, mod in [("megatron.training", training), ("megatron.training.arguments", arguments),
+                      ("megatron.training.argument_utils", argument_utils)]:
+        monkeypatch.setitem(sys.modules, name, mod)
+    calls = []
+    model_provider = object()
+    megatron_lm.launch_pretrain(model_provider, model_type="GPT", pretrain=_fake_pretrain(version, calls))
+    (call,) = calls
+    assert call["train_valid_test_dataset_provider"] is megatron_lm.train_valid_test_datasets_provider
+    assert call["forward_step_func"] is megatron_lm.forward_step
+    assert call["model_type"] == "GPT" and call["model_provider"] is model_provider
+    if version == "0.17":
+        assert call["extra_args_provider"] is megatron_lm.add_ra3_args
+    else:
+        assert parsed["args"] == ("ARGS", megatron_lm.add_ra3_args)  # RA3's options parsed first
+        model_cfg = None if version == "0.18" else ("MODEL_CFG", parsed["args"])
+        assert call["cfg_container"] == ("CFG", parsed["args"], model_cfg)
+    # Megatron-LM passes the chunk's vp_stage under virtual pipelining
+    assert "vp_stage" in inspect.signature(megatron_lm.train_valid_test_datasets_provider).parameters
+
+
+def test_launch_pretrain_refuses_an_unknown_signature():
+    from ra3_megatron.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown megatron.training.pretrain signature"):
+        megatron_lm.launch_pretrain(object(), model_type="GPT", pretrain=lambda config, fn: None)
