@@ -29,7 +29,7 @@ from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.search import PositionGroup
 from ra3_megatron.estep.stats import SearchStats
 from ra3_megatron.megatron.cpu_shims import device_mode_suspended
-from ra3_megatron.rollout.base import ScoreGroup, ScoreOption
+from ra3_megatron.rollout.base import ScoreGroup, ScoreOption, engines_asleep
 
 Batch = dict[str, Any]
 
@@ -267,7 +267,8 @@ def run_rl(
                                        pad_id=pad_id)
             record.update(rows)
             clock.lap("logprobs_s")
-            record.update(trainer.step(batch))
+            with engines_asleep(sampler, scorer):  # the trainer gets the accelerator's memory
+                record.update(trainer.step(batch))
             clock.lap("update_s")
             out = work / f"q_step{step}"
             trainer.export_weights(out)

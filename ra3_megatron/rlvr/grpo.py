@@ -41,7 +41,7 @@ from ra3_megatron.rlvr.batch import batch_from_rows, logprob_gap, rollout_stats,
 from ra3_megatron.rlvr.config import GRPOConfig
 from ra3_megatron.rlvr.problems import Problem
 from ra3_megatron.rlvr.runlog import RunLog
-from ra3_megatron.rollout.base import SamplingConfig
+from ra3_megatron.rollout.base import SamplingConfig, engines_asleep
 from ra3_megatron.rollout.common import prompt_ids
 
 STATE = "state.json"
@@ -103,7 +103,7 @@ def resume_point(run_dir: str | Path, model_dir: str | Path) -> tuple[int, str]:
     return int(state["done"]), str(Path(run_dir) / state["weights"]) if state["weights"] else str(model_dir)
 
 
-def _train(cfg: GRPOConfig, trainer, reference, ids, comps, rewards, pad_id: int) -> dict[str, Any]:
+def _train(cfg: GRPOConfig, trainer, reference, ids, comps, rewards, pad_id: int, engines=()) -> dict[str, Any]:
     """Advantages -> batch -> one trainer step; {} when no group carries signal."""
     adv = group_advantages(rewards, cfg.advantage)
     rows = rows_from_rollouts(ids, comps, adv, max_seq_tokens=cfg.max_seq_tokens,
@@ -121,7 +121,8 @@ def _train(cfg: GRPOConfig, trainer, reference, ids, comps, rewards, pad_id: int
         batch["old_logprobs"] = rollout_lp
     if cfg.kl_coef:
         batch["ref_logprobs"] = engine_logprobs(reference, batch)
-    rec.update(trainer.step(batch))
+    with engines_asleep(*engines, reference):  # the trainer gets the accelerator's memory
+        rec.update(trainer.step(batch))
     return rec
 
 
@@ -179,7 +180,7 @@ def run_grpo(
         rec["reward_s"] = time.perf_counter() - t0
         rec.update(rollout_stats(rewards, comps))
         t0 = time.perf_counter()
-        rec.update(_train(cfg, trainer, reference, ids, comps, rewards, pad_id))
+        rec.update(_train(cfg, trainer, reference, ids, comps, rewards, pad_id, engines=(engine,)))
         rec["train_s"] = time.perf_counter() - t0
         old = weights
         if rec["rows"]:  # new weights: export (= checkpoint) and sync into the live engine

@@ -11,6 +11,7 @@ Plus `load_weights` (new policy weights into the live engine, prefix cache reset
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from collections.abc import Sequence
@@ -83,7 +84,30 @@ class RolloutEngine(Protocol):
         """Replace the weights with those of an HF safetensors dir; reset any prefix cache."""
         ...
 
+    def sleep(self) -> None:
+        """Free accelerator memory (KV cache, weights) while a trainer updates the policy; a no-op
+        where the engine has nothing to free (CPU, the transformers and fake backends)."""
+        ...
+
+    def wake_up(self) -> None:
+        """Undo `sleep`; the engine serves requests again."""
+        ...
+
     def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def engines_asleep(*engines):
+    """Each distinct engine sleeps for the block (a trainer's update) and wakes after it, also when
+    the block raises. On GPUs this is what lets vLLM and the trainer share a device."""
+    distinct = list({id(e): e for e in engines if e is not None}.values())
+    for engine in distinct:
+        engine.sleep()
+    try:
+        yield
+    finally:
+        for engine in distinct:
+            engine.wake_up()
 
 
 _ENGINES: dict[str, str] = {}

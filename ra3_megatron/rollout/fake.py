@@ -251,5 +251,11 @@ class FakeEngine:
         self.config, self._zb = new, {}
         self.reload_seconds.append(time.perf_counter() - t0)
 
+    def sleep(self) -> None:  # nothing to free: the model lives in host memory
+        pass
+
+    def wake_up(self) -> None:
+        pass
+
     def close(self) -> None:
         pass

@@ -155,6 +155,12 @@ class HFEngine:
             self.store.clear()  # K/V computed with the old weights
         self.reload_seconds.append(time.perf_counter() - t0)
 
+    def sleep(self) -> None:  # nothing to free: the model lives in host memory
+        pass
+
+    def wake_up(self) -> None:
+        pass
+
     def close(self) -> None:
         self.model = None
 

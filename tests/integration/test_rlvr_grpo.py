@@ -63,6 +63,8 @@ def test_grpo_raises_the_reward_of_the_planted_task(tiny_model_dir, tmp_path, ve
     )
     engine = create_engine("hf", model=str(tiny_model_dir), seed=0)
     trainer = TorchPolicyTrainer(tiny_model_dir, lr=cfg.lr, micro_batch=cfg.micro_batch, seed=0)
+    naps = []  # the engine frees the accelerator for each update (vLLM's sleep mode on GPUs)
+    engine.sleep, engine.wake_up = (lambda: naps.append("sleep")), (lambda: naps.append("wake"))
     summary = run_grpo(
         cfg,
         problems=planted_tasks(8),
@@ -83,6 +85,7 @@ def test_grpo_raises_the_reward_of_the_planted_task(tiny_model_dir, tmp_path, ve
     assert summary["heldout_first"] == 0.0 and summary["heldout_last"] >= 0.75, summary
     updates = sum(1 for r in records if r["rows"])
     assert updates >= 3 and len(engine.reload_seconds) == updates  # weights synced after every update
+    assert naps == ["sleep", "wake"] * updates
     assert all(r["clip_frac"] >= 0 and np.isfinite(r["loss"]) for r in records if r["rows"])
     assert (tmp_path / "curves.png").is_file() and "held-out greedy pass@1" in (
         tmp_path / "report.md"

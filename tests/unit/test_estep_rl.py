@@ -70,8 +70,9 @@ def test_trim_cuts_after_the_last_loss_position():
 
 
 class _RecordingTrainer:
-    def __init__(self):
+    def __init__(self, engines=()):
         self.logprob_calls, self.olds = 0, []
+        self.engines, self.awake_during_step = engines, []
 
     def logprobs(self, batch):
         import torch
@@ -81,6 +82,7 @@ class _RecordingTrainer:
 
     def step(self, batch):
         self.olds.append(batch["old_logprobs"].clone())
+        self.awake_during_step.append([not e.asleep for e in self.engines])
         return {"loss": 0.0}
 
     def export_weights(self, out_dir):
@@ -216,3 +218,32 @@ def test_tree_rows_carry_the_engines_log_probs_of_each_loss_token(tiny_tokenizer
                     events.append(((*context, int(batch["labels"][r, j])), round(float(batch[key][r, j]), 5)))
             seen[rows] = sorted(events)
         assert seen["tree"] == seen["fold"] and all(v < 0 for _, v in seen["tree"])
+
+
+def test_engines_sleep_while_the_trainer_updates_q(tiny_tokenizer_dir, tmp_path):
+    """pi's and q's engines free the accelerator for the update (vLLM's sleep mode on GPUs), and
+    both are awake again for the weight sync and the next searches."""
+    from ra3_megatron.estep.config import EStepConfig
+    from ra3_megatron.estep.rl import run_rl
+    from ra3_megatron.rollout.fake import FakeEngine
+
+    class Sleepy(FakeEngine):
+        asleep, naps = False, 0
+
+        def sleep(self):
+            self.asleep, self.naps = True, self.naps + 1
+
+        def wake_up(self):
+            self.asleep = False
+
+    code = "def f(a, b):\n    x = a + b\n    y = x * 2\n    return y\n"
+    sampler, scorer = (Sleepy(corpus=[code], tokenizer=str(tiny_tokenizer_dir)) for _ in range(2))
+    synced = []
+    sampler.load_weights = lambda d: synced.append(sampler.asleep)
+    trainer = _RecordingTrainer(engines=(sampler, scorer))
+    cfg = EStepConfig(rl_steps=2, rl_snippets=2, decision="force", penalty=0.0, python=False)
+    run_rl(iter([("a", code), ("b", code)] * 2), sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
+           work_dir=tmp_path)
+    assert trainer.awake_during_step == [[False, False], [False, False]]
+    assert sampler.naps == scorer.naps == 2 and not sampler.asleep and not scorer.asleep
+    assert synced == [False, False]  # weights go into an awake engine
