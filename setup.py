@@ -1,7 +1,8 @@
 """Packaging for ra3_megatron.
 
 CPU stack (Python 3.11, what `make setup` installs):   pip install -e ".[cpu,dev]"
-GPU stack (Python 3.12, CUDA torch already installed): pip install -e ".[gpu]"
+GPU runtime (Python 3.12, CUDA torch already installed): pip install -e ".[gpu]"
+Megatron-Bridge pipelines, in an environment of their own:  pip install -e ".[bridge]"
 See README.md, "Install on GPUs".
 """
 
@@ -12,7 +13,7 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = ["numpy>=1.24", "tqdm>=4.66", "pyyaml>=6"]
 
 COMMON_ML = [
-    "transformers>=4.51",
+    "transformers>=5.8",  # from_pretrained(dtype=...), the cache layer API the hf backend uses
     "tokenizers>=0.21",
     "safetensors>=0.4",
     "datasets>=3.0",
@@ -31,14 +32,23 @@ EXTRAS = {
         "transformers>=5.16.1,<5.20",
         *COMMON_ML,
     ],
-    # GPU stack: Python 3.12, a CUDA build of torch. Megatron-Bridge brings
-    # AutoBridge (HF <-> Megatron) and imports Transformer Engine at import time.
+    # GPU stack (Python 3.12, a CUDA build of torch): the RA3 runtime. vLLM >= 0.32 for the
+    # in-memory `reload_weights` (weights_path / weights_iterator), `skip_reading_prefix_cache`
+    # and the sleep mode the engine uses; it pins torch==2.13.0 and transformers>=5.16.1,<5.20.
+    # megatron-core 0.16-0.19 (0.16.1 is what the CPU tests run; 0.17+ need Python 3.12). TE's
+    # per-recipe FP8 checks are read from TE >= 2.8 or its older FP8GlobalStateManager.
     "gpu": [
-        "torch>=2.6",
-        "megatron-core>=0.13,<0.20",
+        "torch>=2.13",
+        "megatron-core>=0.16,<0.20",
         "transformer-engine[pytorch]>=2.2",
-        "vllm>=0.10",
-        "megatron-bridge>=0.2",
+        "vllm>=0.32,<0.35",
+        *COMMON_ML,
+    ],
+    # Megatron-Bridge pipelines (Bridge's pretrain with the RA3 hooks, AutoBridge conversion) in an
+    # environment of their own: Bridge 0.6 pins transformers<=5.12.1 and flashinfer 0.6.8, vLLM 0.32
+    # needs transformers>=5.16.1 and flashinfer 0.7.0, so the two cannot share one environment.
+    "bridge": [
+        "megatron-bridge>=0.6,<0.7",
         *COMMON_ML,
     ],
     "nemo": ["nemo-run>=0.5", "leptonai<0.47"],
