@@ -30,6 +30,7 @@ from ra3_megatron.estep.infuse import infuse, iter_snippets
 from ra3_megatron.estep.rl import run_rl, snippet_cycle
 from ra3_megatron.estep.shards import try_write_manifest, write_rank_done
 from ra3_megatron.estep.stats import SearchStats, atomic_write_text, write_stats
+from ra3_megatron.rollout.common import release_cuda_memory
 
 
 @dataclass(kw_only=True)
@@ -116,6 +117,7 @@ def run_estep(
             history = run_rl(snippet_cycle(stream), sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
                              work_dir=out / "rl", on_step=log_step)
             del trainer
+            release_cuda_memory()  # q's trainer (weights, grads, Adam) leaves the GPU to the engines
             q_dir = out / "rl" / "q"
             shutil.rmtree(q_dir, ignore_errors=True)
             last = sorted((out / "rl").glob("q_step*"), key=lambda p: int(p.name[len("q_step"):]))

@@ -38,3 +38,15 @@ def split_overrides(config_cls, config, overrides: dict):
             f"{config_cls.__name__} has no field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     return replace(config or config_cls(), **overrides)
+
+
+def release_cuda_memory() -> None:
+    """Hand the memory of freed tensors back to the device (the next phase, or the other engine,
+    allocates outside torch's cache); a no-op without CUDA or before this process touched it."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
-from ra3_megatron.rollout.common import prompt_ids, split_overrides
+from ra3_megatron.rollout.common import prompt_ids, release_cuda_memory, split_overrides
 from ra3_megatron.rollout.kv_store import PrefixKVStore
 
 
@@ -360,8 +360,7 @@ class VLLMEngine:
             pass
         import torch
 
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()  # the engine's memory goes back before the next phase allocates
+        release_cuda_memory()  # the engine's memory goes back before the next phase allocates
         setter, n = self._torch_threads
         torch.set_num_threads = setter
         setter(n)

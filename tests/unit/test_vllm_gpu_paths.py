@@ -205,3 +205,19 @@ def test_gpu_memory_fraction_is_checked_against_free_memory():
     with pytest.raises(ConfigError, match="must be in"):
         gpu_memory_fraction(1.5, 80 * GIB, 80 * GIB)
     assert not math.isnan(gpu_memory_fraction(None, 0, 80 * GIB))
+
+
+def test_cuda_memory_is_released_only_where_cuda_was_used(monkeypatch):
+    import torch
+
+    from ra3_megatron.rollout.common import release_cuda_memory
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    release_cuda_memory()  # CUDA present but never touched by this process: nothing to hand back
+    assert emptied == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    release_cuda_memory()
+    assert emptied == [1]
