@@ -46,6 +46,11 @@ def is_blank(line: str) -> bool:
     return not line.strip()
 
 
+def is_comment_line(line: str) -> bool:
+    """True for a line holding only a comment (`#` after optional indentation)."""
+    return line.lstrip(" \t\f").startswith("#")
+
+
 def line_indent(line: str) -> str:
     """The leading spaces and tabs of a line (form feeds, which only reset Python's column, are dropped)."""
     n = len(line) - len(line.lstrip(" \t\f"))

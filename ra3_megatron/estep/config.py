@@ -28,6 +28,10 @@ class EStepConfig:
     gain_norm: Literal["mean", "sum"] = "mean"  # per horizon token (ours) or summed
     position_fraction: float = 1.0  # share of candidate positions visited (random, seeded)
     python: bool = True  # only lines where a comment keeps the Python program unchanged
+    # Positions before a line that is already a comment: there `<act>`'s decision token is "#" as
+    # well, so q's think/act decision cannot tell the options apart and a thought would stack on
+    # the author's comment. "skip" leaves them out (counted in stats.comment_positions). (ours)
+    comment_lines: Literal["skip", "allow"] = "skip"
     # "sample": q first samples the decision token ("#" vs code) G times and only the think
     # decisions are rolled out (the paper's <think>/<act> as the policy's first token; rollouts
     # happen only for thoughts). "force": G thoughts at every position (every position is a
@@ -86,7 +90,8 @@ class EStepConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         choices = {"gain_norm": ("mean", "sum"), "decision": ("sample", "force"),
                    "advantage": ("rloo", "grpo"), "old_logprobs": ("engine", "trainer"),
-                   "rl_rows": ("tree", "fold", "plain")}
+                   "rl_rows": ("tree", "fold", "plain"),
+                   "comment_lines": ("skip", "allow")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

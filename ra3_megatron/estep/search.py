@@ -37,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 
+from ra3_megatron.core.lines import is_comment_line, split_lines
 from ra3_megatron.core.latent import InfusedSnippet, Thought, safe_candidate_lines, validate_thought_text
 from ra3_megatron.core.rewards import choose_option, gain, group_advantages, option_rewards
 from ra3_megatron.estep.config import EStepConfig
@@ -156,10 +157,15 @@ def search_steps(
     pieces = cut_pieces(text)
     rng = snippet_rng(cfg.seed, snippet_id, phase)
     candidates = list(safe_candidate_lines(text, python=cfg.python))
+    stats = SearchStats(snippets=1, lines=len(pieces) if text.strip() else 0)
+    if cfg.comment_lines == "skip":
+        lines = split_lines(text)
+        kept = [line for line in candidates if not is_comment_line(lines[line])]
+        stats.comment_positions = len(candidates) - len(kept)
+        candidates = kept
     if cfg.position_fraction < 1.0:
         candidates = [line for line in candidates if rng.random() < cfg.position_fraction]
     chosen_lines = set(candidates)
-    stats = SearchStats(snippets=1, lines=len(pieces) if text.strip() else 0)
     piece_ids = [codec.encode(p.text) for p in pieces]
     prefix: list[int] = list(piece_ids[0])
     thoughts: list[Thought] = []

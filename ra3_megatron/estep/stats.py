@@ -9,7 +9,8 @@ Derived figures (the spec's list):
 - reward: mean reward of the chosen option per visited position (act = 0): the E-step objective;
   sample_reward / sample_gain: mean reward / gain of q's sampled thoughts (what RL improves);
 - discarded_share: speculative rollouts dropped (a thought was chosen before them in their
-  lookahead window) over all rollouts run: the compute the window wastes.
+  lookahead window) over all rollouts run: the compute the window wastes;
+- comment_position_share: candidate lines that already are comments (left out) per line.
 Writers: stats.json, TensorBoard scalars (when tensorboard is installed), report.md.
 """
 
@@ -39,6 +40,7 @@ class SearchStats:
     chosen_reward_sum: float = 0.0
     think_prob_sum: float = 0.0
     discarded: int = 0  # speculative rollouts dropped because a thought was chosen before them
+    comment_positions: int = 0  # candidate lines left out because they already are comments
 
     def add_group(self, options) -> None:
         for o in options[1:]:
@@ -82,6 +84,7 @@ class SearchStats:
             "fail_rate": ratio(self.failed, self.sampled),
             "think_prob": ratio(self.think_prob_sum, self.positions),
             "discarded_share": ratio(self.discarded, self.rollouts + self.discarded),
+            "comment_position_share": ratio(self.comment_positions, self.lines),
         }
 
 

@@ -172,3 +172,17 @@ def test_prompt_space_option_ends_the_sampling_prompt_with_the_space(tiny_tokeni
     plain = ScriptedEngine(tiny_tokenizer, bonus=0.5)
     _search(plain, penalty=0.1)
     assert plain.prompts[0].endswith("\n    #")
+
+
+def test_positions_before_existing_comments_are_left_out_and_counted(tiny_tokenizer):
+    code = "def f(a):\n    # add one\n    x = a + 1\n    #: a second comment\n    return x\n"
+    cfg = EStepConfig(decision="force", samples=2, penalty=0.1)
+    r = search_snippet("c.py#0", code, sampler=ScriptedEngine(tiny_tokenizer), scorer=ScriptedEngine(tiny_tokenizer),
+                       cfg=cfg)
+    assert [g.line for g in r.groups] == [2, 4]  # never before "# add one" or "#: a second comment"
+    assert (r.stats.positions, r.stats.comment_positions) == (2, 2)
+    assert r.stats.summary()["comment_position_share"] == pytest.approx(2 / 5)
+    allowed = search_snippet("c.py#0", code, sampler=ScriptedEngine(tiny_tokenizer),
+                             scorer=ScriptedEngine(tiny_tokenizer),
+                             cfg=EStepConfig(decision="force", samples=2, penalty=0.1, comment_lines="allow"))
+    assert [g.line for g in allowed.groups] == [1, 2, 3, 4] and allowed.stats.comment_positions == 0
