@@ -16,13 +16,15 @@ rollout engine that samples q: `trainer.export_weights(dir)` then `sampler.load_
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import random
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ra3_megatron.estep.batch import run_searches
 from ra3_megatron.estep.config import EStepConfig
@@ -30,6 +32,8 @@ from ra3_megatron.estep.search import PositionGroup
 from ra3_megatron.estep.stats import SearchStats
 from ra3_megatron.megatron.cpu_shims import device_mode_suspended
 from ra3_megatron.rollout.base import ScoreGroup, ScoreOption, engines_asleep
+
+T = TypeVar("T")
 
 Batch = dict[str, Any]
 
@@ -219,6 +223,32 @@ class _Clock:
         self._t = now
 
 
+def sample_snippets(stream: Iterable[T], k: int, seed: int) -> list[T]:
+    """`k` items drawn uniformly without replacement from a stream of unknown length, in random
+    order (reservoir sampling: one pass, `k` items in memory); all of them when it holds fewer.
+
+    RL on q draws its snippets this way from the whole corpus, with a seed per EM round: taking
+    the stream's first snippets would train q on the same few files (the first in path order)
+    in every round.
+    """
+    rng = random.Random(seed)
+    chosen: list[T] = []
+    for i, item in enumerate(stream):
+        if i < k:
+            chosen.append(item)
+        else:
+            j = rng.randrange(i + 1)
+            if j < k:
+                chosen[j] = item
+    rng.shuffle(chosen)
+    return chosen
+
+
+def rl_seed(seed: int, iteration: int) -> int:
+    """The seed of one EM round's RL snippet draw (a new draw every round)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\x00rl-snippets\x00{iteration}".encode()).digest()[:8], "little")
+
+
 def snippet_cycle(stream_factory: Callable[[], Iterator[tuple[str, str]]]) -> Iterator[tuple[str, str]]:
     """The snippets of the stream, restarted at its end (a corpus smaller than the RL steps need)."""
     while True:
@@ -261,7 +291,8 @@ def run_rl(
         # trimming each slice after its last loss position leaves little padding to compute.
         examples.sort(key=lambda e: len(e.tokens))
         record: dict[str, Any] = {"step": step, **stats.summary(), "groups": sum(len(r.groups) for r in results),
-                                  "examples": sum(len(e.spans()) for e in examples)}
+                                  "examples": sum(len(e.spans()) for e in examples),
+                                  "snippet_ids": [snippet_id for snippet_id, _ in jobs]}
         if examples:
             batch, rows = policy_batch(examples, sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
                                        pad_id=pad_id)

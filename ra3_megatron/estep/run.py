@@ -27,7 +27,7 @@ from typing import Any
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.infuse import infuse, iter_snippets
-from ra3_megatron.estep.rl import run_rl, snippet_cycle
+from ra3_megatron.estep.rl import rl_seed, run_rl, sample_snippets, snippet_cycle
 from ra3_megatron.estep.shards import try_write_manifest, write_rank_done
 from ra3_megatron.estep.stats import SearchStats, atomic_write_text, write_stats
 from ra3_megatron.rollout.common import release_cuda_memory
@@ -114,8 +114,10 @@ def run_estep(
                           f"{r.get('rows', 0)} {r.get('row_layout', '')} rows of {r.get('row_tokens', 0)} tokens",
                           flush=True)
 
-            history = run_rl(snippet_cycle(stream), sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
-                             work_dir=out / "rl", on_step=log_step)
+            # The steps' snippets: a seeded draw over the whole corpus, new in every EM round.
+            picked = sample_snippets(stream(), cfg.rl_steps * cfg.rl_snippets, rl_seed(cfg.seed, run.iteration))
+            history = run_rl(snippet_cycle(lambda: iter(picked)), sampler=sampler, scorer=scorer, trainer=trainer,
+                             cfg=cfg, work_dir=out / "rl", on_step=log_step)
             del trainer
             release_cuda_memory()  # q's trainer (weights, grads, Adam) leaves the GPU to the engines
             q_dir = out / "rl" / "q"

@@ -37,8 +37,8 @@ from typing import Literal
 
 import numpy as np
 
-from ra3_megatron.core.lines import is_comment_line, split_lines
 from ra3_megatron.core.latent import InfusedSnippet, Thought, safe_candidate_lines, validate_thought_text
+from ra3_megatron.core.lines import is_comment_line, split_lines
 from ra3_megatron.core.rewards import choose_option, gain, group_advantages, option_rewards
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.pieces import Codec, cut_pieces, think_marker, thought_middle

@@ -92,6 +92,9 @@ def test_deterministic_under_a_seed(tiny_model_dir, tmp_path, capsys):
     assert a != c
     stats = json.loads((tmp_path / "a" / "stats.json").read_text())
     assert len(stats["rl"]) == 1 and stats["rl"][0]["examples"] > 0
+    # RL's snippets: a seeded draw over the whole corpus (estep.rl.sample_snippets), the same again
+    rl_ids = stats["rl"][0]["snippet_ids"]
+    assert len(rl_ids) == 2 and rl_ids == json.loads((tmp_path / "b" / "stats.json").read_text())["rl"][0]["snippet_ids"]
     assert stats["infusion"]["records"] == sum(len(x.splitlines()) for x in a)
     for name in ("manifest.json", "report.md", "config.json"):
         assert (tmp_path / "a" / name).is_file()

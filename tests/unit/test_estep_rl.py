@@ -247,3 +247,20 @@ def test_engines_sleep_while_the_trainer_updates_q(tiny_tokenizer_dir, tmp_path)
     assert trainer.awake_during_step == [[False, False], [False, False]]
     assert sampler.naps == scorer.naps == 2 and not sampler.asleep and not scorer.asleep
     assert synced == [False, False]  # weights go into an awake engine
+
+
+def test_rl_snippets_are_a_seeded_uniform_draw_over_the_whole_corpus():
+    from collections import Counter
+
+    from ra3_megatron.estep.rl import rl_seed, sample_snippets
+
+    corpus = [(f"file{i:03d}.py#0", "x = 1\n") for i in range(200)]
+    first = sample_snippets(iter(corpus), 16, rl_seed(0, 1))
+    assert len(first) == len(set(first)) == 16
+    assert first == sample_snippets(iter(corpus), 16, rl_seed(0, 1))  # reproducible
+    assert set(first) != set(sample_snippets(iter(corpus), 16, rl_seed(0, 2)))  # new every EM round
+    assert set(first) != set(corpus[:16])  # not the stream's head (the first files in path order)
+    assert max(int(sid[4:7]) for sid, _ in first) >= 100  # the draw reaches the corpus's second half
+    assert sorted(sample_snippets(iter(corpus[:5]), 16, 3)) == corpus[:5]  # fewer than asked: all of them
+    counts = Counter(i for seed in range(400) for i in sample_snippets(range(20), 5, seed))
+    assert len(counts) == 20 and max(counts.values()) < 1.5 * 100 and min(counts.values()) > 0.5 * 100  # uniform
