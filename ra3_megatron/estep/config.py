@@ -26,6 +26,12 @@ class EStepConfig:
     prompt_space: bool = False
     temperature: float = 1.0
     gain_norm: Literal["mean", "sum"] = "mean"  # per horizon token (ours) or summed
+    # Where the horizon's scored tokens start. "content": at line t's first non-space token; its
+    # newline + indentation tokens are unscored context for every option. "line": at that newline
+    # (the original scoring), which pays `<act>` for predicting the indentation while a thought,
+    # a comment line with the same indentation, has already shown it: a content-free bonus that
+    # let a fixed sentence pass c = 0.05 at 12% of positions on SmolLM2 (docs/RA3_METHOD.md). (ours)
+    score_from: Literal["content", "line"] = "content"
     position_fraction: float = 1.0  # share of candidate positions visited (random, seeded)
     python: bool = True  # only lines where a comment keeps the Python program unchanged
     # Positions before a line that is already a comment: there `<act>`'s decision token is "#" as
@@ -91,7 +97,7 @@ class EStepConfig:
         choices = {"gain_norm": ("mean", "sum"), "decision": ("sample", "force"),
                    "advantage": ("rloo", "grpo"), "old_logprobs": ("engine", "trainer"),
                    "rl_rows": ("tree", "fold", "plain"),
-                   "comment_lines": ("skip", "allow")}
+                   "comment_lines": ("skip", "allow"), "score_from": ("content", "line")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

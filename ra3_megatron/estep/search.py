@@ -224,13 +224,15 @@ def search_steps(
             prompts = [(*ctx[:length], *_sample_prompt(markers[j][0], codec, cfg)) for j, _, length in todo]
             answers = yield Bundle(tuple(SampleRequest(pr, n, pieces[j].line) for pr, (j, n, _) in zip(prompts, todo)))
             for (j, _, length), completions in zip(todo, answers):
-                target = tuple(i for ids in piece_ids[j : j + cfg.horizon] for i in ids)
+                horizon = tuple(i for ids in piece_ids[j : j + cfg.horizon] for i in ids)
+                # Line j's newline + indentation tokens: context for every option ("content"), or scored.
+                lead = horizon[: codec.decision_index(piece_ids[j])] if cfg.score_from == "content" else ()
                 act_lps = None
                 if cfg.chain:
                     at = length - chain["start"]
-                    act_lps = chain["lps"][at : at + len(target)]
-                drafts[j] = _draft(tuple(ctx[:length]), pieces[j], piece_ids[j], target, markers[j], completions,
-                                   codec, cfg, act_lps)
+                    act_lps = chain["lps"][at + len(lead) : at + len(horizon)]
+                drafts[j] = _draft(tuple(ctx[:length]), pieces[j], piece_ids[j], lead, horizon[len(lead):],
+                                   markers[j], completions, codec, cfg, act_lps)
             scoring = [d for d in drafts.values() if d.request is not None]
             if scoring:
                 answers = yield Bundle(tuple(d.request for d in scoring))
@@ -277,7 +279,7 @@ class _Draft:
 
     prefix: tuple[int, ...]
     piece: object
-    target: tuple[int, ...]
+    target: tuple[int, ...]  # the scored tokens (after `lead`, the unscored context of every option)
     options: list[Option]
     middles: dict[str, tuple[int, ...]]
     act_lps: list[float] | None
@@ -285,9 +287,10 @@ class _Draft:
     scores: object = None
 
 
-def _draft(prefix, piece, piece_ids, target, marker_info, completions, codec, cfg, act_lps) -> _Draft:
+def _draft(prefix, piece, piece_ids, lead, target, marker_info, completions, codec, cfg, act_lps) -> _Draft:
     """The position's options from q's samples, and the ScoreRequest for its distinct valid
-    thoughts (with `<act>` unless its scores come from the chain)."""
+    thoughts (with `<act>` unless its scores come from the chain). Every option is scored on the
+    same `target` tokens after the same `lead` (line t's newline and indentation) context."""
     marker, d_marker = marker_info
     prompt = _sample_prompt(marker, codec, cfg)
     d_act = codec.decision_index(piece_ids)
@@ -309,9 +312,9 @@ def _draft(prefix, piece, piece_ids, target, marker_info, completions, codec, cf
                               reward=0.0, text=text))
     request = None
     if middles:
-        score_options = tuple(ScoreOption(m, target) for m in middles.values())
+        score_options = tuple(ScoreOption((*m, *lead), target) for m in middles.values())
         if act_lps is None:
-            score_options = (ScoreOption((), target), *score_options)
+            score_options = (ScoreOption(tuple(lead), target), *score_options)
         request = ScoreRequest("pi", ScoreGroup(prefix, score_options))
     return _Draft(prefix, piece, target, options, middles, act_lps, request)
 

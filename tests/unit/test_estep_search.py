@@ -186,3 +186,41 @@ def test_positions_before_existing_comments_are_left_out_and_counted(tiny_tokeni
                              scorer=ScriptedEngine(tiny_tokenizer),
                              cfg=EStepConfig(decision="force", samples=2, penalty=0.1, comment_lines="allow"))
     assert [g.line for g in allowed.groups] == [1, 2, 3, 4] and allowed.stats.comment_positions == 0
+
+
+class IndentAwareScorer(ScriptedEngine):
+    """A pi that knows only layout: a newline + indentation token is cheap right after a comment
+    line (whose indentation it repeats) and dear elsewhere; every other token costs the same,
+    whatever any thought says. A thought carries no information here, so it must never pay."""
+
+    def score_groups(self, groups):
+        out = []
+        for g in groups:
+            rows = []
+            for o in g.options:
+                ids, lps = list(g.prefix + o.middle), []
+                for t in o.target:
+                    if not self.tokenizer.decode([t]).strip() and "\n" in self.tokenizer.decode([t]):
+                        last = self.tokenizer.decode(ids).split("\n")[-1]
+                        lps.append(-0.1 if last.lstrip().startswith("#") else -3.0)
+                    else:
+                        lps.append(-1.0)
+                    ids.append(t)
+                rows.append(lps)
+            out.append(rows)
+        return out
+
+
+@pytest.mark.parametrize("chain", [False, True], ids=["act-scored", "act-from-chain"])
+@pytest.mark.parametrize(("score_from", "passes"), [("line", True), ("content", False)])
+def test_a_content_free_thought_gains_nothing_when_options_share_the_indentation(tiny_tokenizer, score_from,
+                                                                                 passes, chain):
+    engine = IndentAwareScorer(tiny_tokenizer, samples=("Handle the remaining cases.",))
+    cfg = EStepConfig(decision="force", samples=2, penalty=0.05, score_from=score_from, chain=chain)
+    r = search_snippet("f.py#0", CODE, sampler=engine, scorer=engine, cfg=cfg)
+    gains = [o.gain for g in r.groups for o in g.options if o.kind == "think"]
+    assert gains and all(gain is not None for gain in gains)
+    if passes:  # the old scoring: the thought is paid for the indentation it repeats
+        assert min(gains) > 0.05 and len(r.infused.thoughts) == 4
+    else:
+        assert max(abs(gain) for gain in gains) < 1e-9 and r.infused.thoughts == ()
