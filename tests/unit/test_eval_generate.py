@@ -45,6 +45,12 @@ class TinyEngine:
     def load_weights(self, hf_dir: str) -> None:
         pass
 
+    def sleep(self) -> None:
+        pass
+
+    def wake_up(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -103,6 +109,7 @@ def test_resume_after_a_crash_neither_duplicates_nor_drops(tmp_path):
 
 def test_ra3_eval_with_a_model_generates_then_checks(tmp_path, capsys):
     samples, out = tmp_path / "samples.jsonl", tmp_path / "results.json"
+    (tmp_path / "model").mkdir()  # --model is a local directory (checked before any engine starts)
     args = [
         "eval",
         "--dataset",
