@@ -58,7 +58,7 @@ class EStepConfig:
     clip_eps: float = 0.2
     kl_coef: float = 0.0
     micro_batch: int = 16  # RL examples per forward/backward
-    end_token_in_loss: bool = True  # a thought's loss also covers the newline token that ends it
+    end_token_in_loss: bool = True  # a thought's loss also covers the sampled token that ended it (its newline)
     max_rl_tokens: int = 2048  # RL examples longer than this lose the start of their prefix
     # How the step's examples become trainer rows: "tree": examples sharing a prefix in one row,
     # the prefix computed once (`estep.tree_rows`; trainers that can, else "fold"); "fold": an

@@ -296,20 +296,21 @@ def _draft(prefix, piece, piece_ids, lead, target, marker_info, completions, cod
     d_act = codec.decision_index(piece_ids)
     act = Option(kind="act", ids=tuple(piece_ids[: d_act + 1]), loss_start=min(d_act, len(piece_ids) - 1),
                  reward=0.0)
-    end = tuple(piece_ids[:1]) if cfg.end_token_in_loss else ()
     options: list[Option] = [act]
-    middles: dict[str, tuple[int, ...]] = {}  # distinct valid thoughts -> their middle ids
+    middles: dict[str, tuple[int, ...]] = {}  # distinct valid thoughts -> their middle ids (scoring)
     for c in completions:
+        # RL trains on the ids q sampled (marker, text and the token that ended it), so the PPO
+        # ratio is over tokens q produced; pi scores the canonical encoding of the rendered line.
+        sampled = (*prompt, *c.token_ids)
         text = _thought_text(c, cfg.max_latent_tokens)
         if text is None:
-            options.append(Option(kind="think", ids=(*prompt, *c.token_ids), loss_start=d_marker,
-                                  reward=-cfg.penalty))
+            options.append(Option(kind="think", ids=sampled, loss_start=d_marker, reward=-cfg.penalty))
             continue
+        if not cfg.end_token_in_loss and c.token_ids and "\n" in codec.tokenizer.decode([c.token_ids[-1]]):
+            sampled = sampled[:-1]
         if text not in middles:
             middles[text] = codec.encode(thought_middle(text, piece))
-        mid = middles[text]
-        options.append(Option(kind="think", ids=(*mid, *end), loss_start=codec.decision_index(mid),
-                              reward=0.0, text=text))
+        options.append(Option(kind="think", ids=sampled, loss_start=d_marker, reward=0.0, text=text))
     request = None
     if middles:
         score_options = tuple(ScoreOption((*m, *lead), target) for m in middles.values())

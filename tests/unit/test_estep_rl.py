@@ -105,7 +105,7 @@ def test_old_logprobs_come_from_the_engine_only_when_it_computes_the_trainers(ti
     sampler.trainer_exact_logprobs = exact
     sampler.load_weights = lambda d: None
     trainer = _RecordingTrainer()
-    cfg = EStepConfig(rl_steps=1, rl_snippets=2, decision="force", penalty=0.0, python=False)
+    cfg = EStepConfig(rl_steps=1, rl_snippets=2, decision="force", penalty=0.05, python=False)
     history = run_rl(iter([("a", code), ("b", code)]), sampler=sampler, scorer=scorer, trainer=trainer,
                      cfg=cfg, work_dir=tmp_path)
     assert history[0]["examples"] > 0 and len(trainer.olds) == 1
@@ -241,7 +241,7 @@ def test_engines_sleep_while_the_trainer_updates_q(tiny_tokenizer_dir, tmp_path)
     synced = []
     sampler.load_weights = lambda d: synced.append(sampler.asleep)
     trainer = _RecordingTrainer(engines=(sampler, scorer))
-    cfg = EStepConfig(rl_steps=2, rl_snippets=2, decision="force", penalty=0.0, python=False)
+    cfg = EStepConfig(rl_steps=2, rl_snippets=2, decision="force", penalty=0.05, python=False)
     run_rl(iter([("a", code), ("b", code)] * 2), sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
            work_dir=tmp_path)
     assert trainer.awake_during_step == [[False, False], [False, False]]

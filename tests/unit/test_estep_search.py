@@ -47,8 +47,8 @@ class ScriptedEngine:
                             finish_reason="length",
                         )
                     )
-                else:
-                    ids = tuple(self.tokenizer.encode(" " + s, add_special_tokens=False))
+                else:  # like the real engines: the token that holds the stop "\n" is in token_ids
+                    ids = tuple(self.tokenizer.encode(" " + s + "\n", add_special_tokens=False))
                     comps.append(Completion(text=" " + s, token_ids=ids, finish_reason="stop"))
             out.append(comps)
         return out
@@ -224,3 +224,29 @@ def test_a_content_free_thought_gains_nothing_when_options_share_the_indentation
         assert min(gains) > 0.05 and len(r.infused.thoughts) == 4
     else:
         assert max(abs(gain) for gain in gains) < 1e-9 and r.infused.thoughts == ()
+
+
+def test_rl_options_hold_the_ids_q_sampled_not_a_re_encoding(tiny_tokenizer):
+    """q may write a thought in a tokenization that encoding its text would not give (here one
+    token per character); the PPO ratio must be over those ids."""
+    tok = tiny_tokenizer
+
+    class CharSampler(ScriptedEngine):
+        def generate(self, prompts, config):
+            text = " good idea\n"
+            ids = tuple(i for ch in text for i in tok.encode(ch, add_special_tokens=False))
+            assert ids != tuple(tok.encode(text, add_special_tokens=False))  # really another tokenization
+            return [[Completion(text=" good idea", token_ids=ids, finish_reason="stop")] * c.n
+                    for c in per_prompt(config, len(prompts))]
+
+    sampler, scorer = CharSampler(tok), ScriptedEngine(tok, bonus=0.5)
+    r = search_snippet("f.py#0", CODE, sampler=sampler, scorer=scorer,
+                       cfg=EStepConfig(decision="force", samples=2, penalty=0.1))
+    char_ids = tuple(i for ch in " good idea\n" for i in tok.encode(ch, add_special_tokens=False))
+    thought = r.groups[0].options[1]
+    assert thought.kind == "think" and thought.text == "good idea" and thought.gain == pytest.approx(0.5)
+    assert thought.ids[-len(char_ids):] == char_ids  # what q sampled, its final newline included
+    assert tok.decode(list(thought.ids[: thought.loss_start + 1])).endswith("#")  # the loss starts at "#"
+    no_end = search_snippet("f.py#0", CODE, sampler=sampler, scorer=scorer,
+                            cfg=EStepConfig(decision="force", samples=2, penalty=0.1, end_token_in_loss=False))
+    assert no_end.groups[0].options[1].ids[-len(char_ids) + 1:] == char_ids[:-1]  # without the "\n" token
