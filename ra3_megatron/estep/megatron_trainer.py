@@ -178,6 +178,22 @@ class MegatronPolicyTrainer:
         metrics["optimizer_steps"] = len(grad_norms)
         return metrics
 
+    def save_state(self, out_dir: str | Path) -> None:
+        """Collective: the engine's Megatron checkpoint (weights, optimizer shards with their Adam
+        moments, LR schedule, RNG) under `out_dir`, what a resumed run needs beside the HF export."""
+        from ra3_megatron.megatron.checkpoint import save_checkpoint
+
+        save_checkpoint(self.engine, out_dir, step=self.steps, consumed_samples=0)
+
+    def load_state(self, state_dir: str | Path) -> None:
+        from ra3_megatron.errors import InputError
+        from ra3_megatron.megatron.checkpoint import latest_checkpoint, load_checkpoint
+
+        ckpt = latest_checkpoint(state_dir)
+        if ckpt is None:
+            raise InputError(state_dir, "no complete trainer checkpoint to resume from")
+        self.steps = int(load_checkpoint(self.engine, ckpt)["step"])
+
     def export_weights(self, out_dir: str | Path) -> None:
         self.engine.save_hf(out_dir, tokenizer_dir=self.tokenizer_dir)
 

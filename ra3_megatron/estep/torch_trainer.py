@@ -122,6 +122,26 @@ class TorchPolicyTrainer:
         self.optimizer.step()
         return sums, float(grad_norm)
 
+    def save_state(self, out_dir: str | Path) -> None:
+        """The optimizer's state (AdamW moments and step counts) and the step count, written
+        atomically: what a resumed run needs beside the exported weights."""
+        import os
+
+        import torch
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "optimizer.pt.tmp"
+        torch.save({"optimizer": self.optimizer.state_dict(), "steps": self.steps}, tmp)
+        os.replace(tmp, out / "optimizer.pt")
+
+    def load_state(self, state_dir: str | Path) -> None:
+        import torch
+
+        state = torch.load(Path(state_dir) / "optimizer.pt", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = int(state["steps"])
+
     def export_weights(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

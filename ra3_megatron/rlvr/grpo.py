@@ -2,7 +2,8 @@
 
 One step:
 1. `prompts_per_step` problems (a seeded permutation per epoch, so a resumed run sees the same
-   problems at the same step), G completions each from the rollout engine (seed per step);
+   problems at the same step), G completions each from the rollout engine (a seed per step and
+   problem, so a resumed step samples what the uninterrupted run sampled);
 2. reward 1 when the program passes every test in the sandbox, else 0 (`Verifier`);
 3. group-relative advantages (`core.rewards.group_advantages`, GRPO or RLOO);
 4. the batch (`rlvr.batch`): prompt + completion tokens, loss on the completion tokens; old
@@ -12,8 +13,8 @@ One step:
    exported to RUN/policy/step_K and loaded into the live rollout engine (every step);
 6. every `eval_every` steps (and at step 0 and the last step) greedy pass@1 on held-out problems.
 The exported weights are also the checkpoint: RUN/state.json names the last finished step and its
-weights, and a rerun resumes there (the optimizer's moments restart unless the trainer has
-`save_state` / `load_state`).
+weights, and a rerun resumes there with the trainer's optimizer state (`save_state` /
+`load_state`, saved beside the weights as RUN/policy/step_K/trainer_state).
 
     result = run_grpo(cfg, problems=train, heldout=test, engine=engine, trainer=trainer,
                       verifier=Verifier(), run_dir="runs/grpo", model_dir="ckpt/")
@@ -67,8 +68,9 @@ def problems_for_step(n_problems: int, per_step: int, step: int, seed: int) -> l
     return out
 
 
-def generate(engine, problems: Sequence[Problem], sampling: SamplingConfig):
-    """(prompt ids, completions) per problem; one engine call per distinct stop-sequence tuple."""
+def generate(engine, problems: Sequence[Problem], sampling: SamplingConfig, seeds: Sequence[int] | None = None):
+    """(prompt ids, completions) per problem; one engine call per distinct stop-sequence tuple.
+    `seeds`: one sampling seed per problem (else `sampling.seed` for all)."""
     ids = [prompt_ids(engine.tokenizer, p.prompt) for p in problems]
     out: list[Any] = [None] * len(problems)
     by_stop: dict[tuple[str, ...], list[int]] = {}
@@ -76,8 +78,9 @@ def generate(engine, problems: Sequence[Problem], sampling: SamplingConfig):
         by_stop.setdefault(tuple(p.stop), []).append(i)
     for stop, idx in by_stop.items():
         cfg = dataclasses.replace(sampling, stop=stop)
+        configs = cfg if seeds is None else [dataclasses.replace(cfg, seed=seeds[i]) for i in idx]
         with device_mode_suspended():  # an engine call: no torch hook per op (megatron.cpu_shims)
-            answers = engine.generate([ids[i] for i in idx], cfg)
+            answers = engine.generate([ids[i] for i in idx], configs)
         for i, comps in zip(idx, answers):
             out[i] = comps
     return ids, out
@@ -169,11 +172,11 @@ def run_grpo(
         rec: dict[str, Any] = {"step": step}
         t0 = time.perf_counter()
         chosen = [problems[i] for i in problems_for_step(len(problems), cfg.prompts_per_step, step - 1, cfg.seed)]
-        # seed=None: the engines seed per request, so one seed for the whole call would give every
-        # prompt the same random draws (correlated groups); their own streams keep samples independent.
+        # One seed per (step, problem): independent groups (one seed for the whole call would give
+        # every prompt the same draws), and a resumed step samples what the uninterrupted run did.
         sampling = SamplingConfig(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  max_tokens=cfg.max_tokens, seed=None, logprobs=True)
-        ids, comps = generate(engine, chosen, sampling)
+                                  max_tokens=cfg.max_tokens, logprobs=True)
+        ids, comps = generate(engine, chosen, sampling, seeds=[step_seed(cfg.seed, "rollout", step, p.task_id) for p in chosen])
         rec["rollout_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         rewards = np.asarray(verifier.rewards(chosen, [[c.text for c in g] for g in comps]), dtype=np.float64)

@@ -208,3 +208,60 @@ def test_tree_rows_train_like_separate_rows_in_megatron(megatron_trainer, tiny_m
     delta = megatron_trainer.logprobs(tree) - moved
     up, down = m & (tree["advantages"] > 0), m & (tree["advantages"] < 0)
     assert float(delta[up].mean()) > 0.02 and float(delta[down].mean()) < -0.02
+
+
+def _step_twice_with_a_restart(make, batch, tmp_path):
+    """(losses of 3 steps straight, losses of 1 step + save/export + a fresh trainer + load + 2 steps)."""
+    straight = make(None)
+    batch = {**batch, "old_logprobs": straight.logprobs(batch)}
+    losses = [straight.step(batch)["loss"] for _ in range(3)]
+    first = make(None)
+    resumed_losses = [first.step(batch)["loss"]]
+    first.export_weights(tmp_path / "w")
+    first.save_state(tmp_path / "w" / "trainer_state")
+    del first
+    again = make(tmp_path / "w")
+    again.load_state(tmp_path / "w" / "trainer_state")
+    resumed_losses += [again.step(batch)["loss"] for _ in range(2)]
+    return losses, resumed_losses
+
+
+def test_torch_trainer_resumes_with_its_adam_moments(tiny_model_dir, tmp_path):
+    """A restarted trainer continues exactly as one that never stopped; without the optimizer
+    state (fresh moments) its next losses differ."""
+    from ra3_megatron.estep.torch_trainer import TorchPolicyTrainer
+    from ra3_megatron.rollout.base import create_engine
+
+    tok = create_engine("hf", model=str(tiny_model_dir)).tokenizer
+    batch = build_batch(examples_from_groups(_groups(tok), max_tokens=512), pad_id=1)
+
+    def make(weights):
+        return TorchPolicyTrainer(weights or tiny_model_dir, lr=3e-3, micro_batch=2, seed=0)
+
+    losses, resumed = _step_twice_with_a_restart(make, batch, tmp_path)
+    assert resumed == pytest.approx(losses, abs=1e-6)
+    fresh = make(tmp_path / "w")  # the same weights, Adam's moments lost
+    assert fresh.step({**batch, "old_logprobs": make(None).logprobs(batch)})["loss"] == pytest.approx(losses[1])
+    assert fresh.step({**batch, "old_logprobs": make(None).logprobs(batch)})["loss"] != pytest.approx(losses[2],
+                                                                                                     abs=1e-6)
+
+
+def test_megatron_trainer_resumes_with_its_optimizer_state(tiny_model_dir, tmp_path):
+    pytest.importorskip("megatron.core")
+    from ra3_megatron.estep.megatron_trainer import MegatronPolicyTrainer
+    from ra3_megatron.megatron.parallel import destroy_distributed
+    from ra3_megatron.rollout.base import create_engine
+
+    tok = create_engine("hf", model=str(tiny_model_dir)).tokenizer
+    batch = build_batch(examples_from_groups(_groups(tok), max_tokens=512), pad_id=1)
+
+    def make(weights):
+        return MegatronPolicyTrainer.from_hf(weights or tiny_model_dir, lr=3e-3, micro_batch=2, rows_per_update=4,
+                                             seq_length=512)
+
+    try:
+        losses, resumed = _step_twice_with_a_restart(make, batch, tmp_path)
+    finally:
+        destroy_distributed()
+    assert resumed == pytest.approx(losses, abs=1e-5)
+    assert (tmp_path / "w" / "trainer_state" / "latest").is_file()

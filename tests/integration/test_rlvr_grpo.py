@@ -172,6 +172,22 @@ def test_crash_and_resume_with_kl(tiny_model_dir, tmp_path, verifier):
     assert all(r["kl"] >= 0 and np.isfinite(r["kl"]) for r in records[1:])
     assert json.loads((tmp_path / "state.json").read_text()) == {"done": 4, "weights": "policy/step_000004"}
     assert resume_point(tmp_path, tiny_model_dir)[0] == 4
+    assert (tmp_path / "policy" / "step_000004" / "trainer_state" / "optimizer.pt").is_file()
+
+    # The same run without the crash: the resumed steps sample the same groups (seeds per step and
+    # problem) and, with the optimizer's moments restored, compute the same losses.
+    straight = tmp_path / "straight"
+    engine = create_engine("fake", tokenizer=str(tiny_model_dir))
+    engine.load_weights(str(tiny_model_dir))
+    run_grpo(cfg, problems=problems, heldout=heldout, engine=engine,
+             trainer=TorchPolicyTrainer(tiny_model_dir, lr=cfg.lr, kl_coef=cfg.kl_coef, seed=0), verifier=verifier,
+             run_dir=straight, model_dir=tiny_model_dir, reference=reference, progress=False)
+    uninterrupted = {r["step"]: r for r in read_records(straight / "metrics.jsonl")}
+    for r in records[1:]:
+        for key in ("reward_mean", "response_tokens", "truncated"):  # the same completions were sampled
+            assert r[key] == uninterrupted[r["step"]][key], (r["step"], key)
+        if r["rows"]:
+            assert r["loss"] == pytest.approx(uninterrupted[r["step"]]["loss"], abs=1e-6), r["step"]
 
 
 def test_cli_rlvr_fake_backend(tiny_model_dir, tmp_path, capsys):
