@@ -28,8 +28,6 @@ import argparse
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -37,6 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ra3_megatron.process import run_process_group
 
 CHECKS = ("environment", "prepare", "mstep-bf16", "mstep-fp8", "vllm-engine", "estep", "grpo")
 
@@ -64,18 +64,8 @@ def ra3(args: list[str], log: Path, timeout_s: int, env: dict | None = None) -> 
     """Run `python -m ra3_megatron.cli.main ARGS` in its own process group; raise with the log tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ra3_megatron.cli.main", *args], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            rc = None
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        rc = run_process_group([sys.executable, "-m", "ra3_megatron.cli.main", *args], stdout=out,
+                               timeout_s=timeout_s, env={**os.environ, **(env or {})})
     if rc != 0:
         tail = log.read_text(errors="replace")[-1500:]
         raise RuntimeError(f"`ra3 {' '.join(args[:1])}` {'timed out' if rc is None else f'exited {rc}'} (log {log}):\n{tail}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from ra3_megatron.process import run_process_group
 
 TIMEOUT_S = 300
 
@@ -61,19 +62,7 @@ def torchrun_mstep(
     ]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(
-            cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            rc = proc.wait(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            rc = None
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        rc = run_process_group(cmd, stdout=log, timeout_s=TIMEOUT_S, env=full_env)
         log.seek(0)
         output = log.read()
     if rc is None:
