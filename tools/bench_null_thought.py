@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-snippet-tokens", type=int, default=512)
     p.add_argument("--horizon", type=int, default=4)
     p.add_argument("--penalties", default="0.05", help="comma-separated c values to report")
+    p.add_argument("--scorings", default="line,content", help="which scorings to run (line, content)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
@@ -109,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     penalties = [float(c) for c in args.penalties.split(",")]
     print(f"{len(snippets)} snippets from {args.files} stdlib files; sentence {args.sentence!r}; model {args.model}")
     rows = {}
-    for score_from in ("line", "content"):
+    for score_from in [s.strip() for s in args.scorings.split(",") if s.strip()]:
         t0 = time.perf_counter()
         g = gains(snippets, sampler, scorer, score_from, args.horizon)
         rows[score_from] = {"positions": len(g), "mean_gain": float(g.mean()), "seconds": time.perf_counter() - t0,
                             **{f"pass_rate@{c:g}": float((g > c).mean()) for c in penalties}}
+        print(f"  {score_from}: {len(g)} positions in {rows[score_from]['seconds']:.0f} s", flush=True)
     scorer.close()
     head = ["scoring", "positions", "mean gain", *(f"passes c={c:g}" for c in penalties), "seconds"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))

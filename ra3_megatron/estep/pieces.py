@@ -1,30 +1,31 @@
 """How the E-step cuts a snippet into token pieces, and which token is the decision token.
 
-The paper's `<act>` is "\\n" and `<think>` is "\\n#". We follow that literally and cut the text
-*before* each newline that precedes a non-blank line, so every piece after the first starts with
-"\\n": piece k = "\\n" + line k (+ the blank lines after it, whose newlines stay with it). For
+The paper's `<act>` is "\\n" and `<think>` is "\\n#": after the newline (and indentation) that
+starts line t, the model's next token either starts the code or starts a comment. We cut the
+text right after the last non-space character of each non-blank line, so piece k holds the
+whitespace run before line k (the previous line's newline, any blank lines, line k's
+indentation: `lead`) and then line k's code. For
 
     "def f(x):\\n\\n    y = 1\\n    return y\\n"
 
-the pieces are "def f(x):\\n", "\\n    y = 1", "\\n    return y\\n". A thought before line k is
-inserted at the cut as the middle "\\n{indent}# {text}" (the thought line with its own newline
-moved to the front, so the CRLF "\\r" stays at its end), and joining pieces and middles gives
-`InfusedSnippet.render()` exactly.
+the pieces are "def f(x):", "\\n\\n    y = 1", "\\n    return y\\n".
 
-Why cut there: pieces, middles and targets are encoded separately and their ids concatenated
-(encoding a joined string can merge tokens across a boundary, and then the options of one
-position would not share their target ids). Byte-level BPE tokenizers with the GPT-2 / Llama-3
-pre-tokenizer never merge across a newline that follows a non-space character, so the
-concatenation equals the natural tokenization the M-step trains on; we lose only merges of
-trailing spaces / blank lines with the next newline.
+Why cut there: the search encodes pieces (and thoughts) separately and concatenates their ids,
+and those ids must be the ones the M-step trains on and inference sees, i.e. the tokenizer's
+ids for the whole rendered text. Byte-level BPE pre-tokenizers (GPT-2 / SmolLM2 style) never
+merge a non-space character with the whitespace after it, so a cut there is a token boundary; a
+cut inside a whitespace run (e.g. between the two newlines around a blank line) is not, since
+"\\n\\n    " is one pre-token.
+
+A thought before line k is rendered on its own line just above line k, after any blank lines:
+the inserted `middle` is `lead + "# " + text` (ending with a non-space character, so again a
+token boundary) and line k then continues as `after_thought(piece)`: the thought line's ending,
+line k's indentation and its code. Joining head, middles and pieces (or their continuations
+after a thought) gives `InfusedSnippet.render()` exactly.
 
 The decision token of a piece or middle is its first token whose text holds a non-space
-character: after "\\n    " it is the token that starts with "#" (think) or the first code token
-(act). Tokenizers that merge the newline with the indentation ("\\n   " + " #") give that shared
-whitespace token as context and the decision on the next token; tokenizers that merge
-indentation and "#" (or "\\n#") into one token make that merged token the decision token. Either
-way the decision token is found by decoding, so both kinds work; the indentation inside a merged
-token is the same for both options, so the gradient on it is about "#" versus code.
+character: the token that starts with "#" (think) or the first code token (act); the tokens
+before it (newline and indentation) are the same for both options of a position.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Piece:
     text: str
     indent: str  # indentation of `line`
     ending: str  # the newline a thought before `line` uses ("\n" or "\r\n")
+    lead: str = ""  # the text's leading whitespace: newline(s), blank lines, `indent`
 
 
 def cut_pieces(text: str) -> list[Piece]:
@@ -51,13 +53,12 @@ def cut_pieces(text: str) -> list[Piece]:
     lines = split_lines(text)
     default = dominant_ending(lines)
     cuts: list[tuple[int, int]] = []  # (char offset of the cut, line)
-    offset = 0
-    seen_nonblank = False
+    offset, code_end = 0, None  # code_end: just after the last non-space character so far
     for i, line in enumerate(lines):
         if not is_blank(line):
-            if seen_nonblank:
-                cuts.append((offset - 1, i))  # the "\n" that ends the line above
-            seen_nonblank = True
+            if code_end is not None:
+                cuts.append((code_end, i))
+            code_end = offset + len(line.rstrip())
         offset += len(line)
     pieces: list[Piece] = []
     starts = [0] + [c for c, _ in cuts]
@@ -67,20 +68,27 @@ def cut_pieces(text: str) -> list[Piece]:
             pieces.append(Piece(line=-1, text=text[start:end], indent="", ending=default))
             continue
         line = cuts[k - 1][1]
-        pieces.append(Piece(line=line, text=text[start:end], indent=line_indent(lines[line]),
-                            ending=line_ending(lines[line]) or default))
+        body = text[start:end]
+        indent = line_indent(lines[line])
+        lead = body[: len(body) - len(body.lstrip())]
+        pieces.append(Piece(line=line, text=body, indent=indent, ending=line_ending(lines[line]) or default,
+                            lead=lead))
     return pieces
 
 
 def thought_middle(text: str, piece: Piece) -> str:
-    """The inserted text of a thought before `piece`: "\\n{indent}# {text}" (+ "\\r" for CRLF)."""
-    rendered = render_thought(text, piece.indent, piece.ending)
-    return "\n" + rendered[:-1]
+    """The inserted text of a thought before `piece`: its lead, then "# {text}"."""
+    return piece.lead + render_thought(text, "", "")
+
+
+def after_thought(piece: Piece) -> str:
+    """The piece as it continues after a thought: the thought line's ending, the indentation, the code."""
+    return piece.ending + piece.indent + piece.text[len(piece.lead) :]
 
 
 def think_marker(piece: Piece) -> str:
-    """What q is prompted with to write a thought: "\\n{indent}#" (the text is sampled after it)."""
-    return "\n" + piece.indent + "#"
+    """What q is prompted with to write a thought: the lead and "#" (the text is sampled after it)."""
+    return piece.lead + "#"
 
 
 class Codec:

@@ -41,7 +41,7 @@ from ra3_megatron.core.latent import InfusedSnippet, Thought, safe_candidate_lin
 from ra3_megatron.core.lines import is_comment_line, split_lines
 from ra3_megatron.core.rewards import choose_option, gain, group_advantages, option_rewards
 from ra3_megatron.estep.config import EStepConfig
-from ra3_megatron.estep.pieces import Codec, cut_pieces, think_marker, thought_middle
+from ra3_megatron.estep.pieces import Codec, after_thought, cut_pieces, think_marker, thought_middle
 from ra3_megatron.estep.stats import SearchStats
 from ra3_megatron.rollout.base import Completion, ScoreGroup, ScoreOption
 
@@ -224,15 +224,13 @@ def search_steps(
             prompts = [(*ctx[:length], *_sample_prompt(markers[j][0], codec, cfg)) for j, _, length in todo]
             answers = yield Bundle(tuple(SampleRequest(pr, n, pieces[j].line) for pr, (j, n, _) in zip(prompts, todo)))
             for (j, _, length), completions in zip(todo, answers):
-                horizon = tuple(i for ids in piece_ids[j : j + cfg.horizon] for i in ids)
-                # Line j's newline + indentation tokens: context for every option ("content"), or scored.
-                lead = horizon[: codec.decision_index(piece_ids[j])] if cfg.score_from == "content" else ()
+                horizon = _Horizon.of(j, pieces, piece_ids, codec, cfg)
                 act_lps = None
                 if cfg.chain:
                     at = length - chain["start"]
-                    act_lps = chain["lps"][at + len(lead) : at + len(horizon)]
-                drafts[j] = _draft(tuple(ctx[:length]), pieces[j], piece_ids[j], lead, horizon[len(lead):],
-                                   markers[j], completions, codec, cfg, act_lps)
+                    act_lps = chain["lps"][at + len(horizon.act_lead) : at + len(horizon.act_lead) + len(horizon.target)]
+                drafts[j] = _draft(tuple(ctx[:length]), pieces[j], piece_ids[j], horizon, markers[j], completions,
+                                   codec, cfg, act_lps)
             scoring = [d for d in drafts.values() if d.request is not None]
             if scoring:
                 answers = yield Bundle(tuple(d.request for d in scoring))
@@ -260,7 +258,7 @@ def search_steps(
                         middle = codec.encode(thought_middle(best.text, pieces[i]))
                         prefix.extend(middle)
                         stats.add_chosen(best, len(middle) - markers[i][1])  # "# text": marker and text
-                        prefix.extend(piece_ids[i])
+                        prefix.extend(codec.encode(after_thought(pieces[i])))
                         stats.discarded += len(drafts)  # speculative rollouts after it: redone
                         k, window = i + 1, max(1, window // 4)
                         break
@@ -273,13 +271,40 @@ def _sample_prompt(marker, codec, cfg) -> tuple[int, ...]:
     return (*marker, *codec.encode(" ")) if cfg.prompt_space else tuple(marker)
 
 
+@dataclass(frozen=True)
+class _Horizon:
+    """What a position's options are scored on: the next `horizon` lines.
+
+    `<act>` continues with piece j as it is (`act_lead`: its newline, blank lines and indentation,
+    then the code); a thought continues with `after_thought(piece j)` (`think_lead`: the thought
+    line's newline and the indentation, then the same code). With `score_from="content"` both
+    leads are unscored context and every option is scored on the same `target` tokens; with
+    "line" each option also scores its own lead (`act_target` / `think_target`).
+    """
+
+    act_lead: tuple[int, ...]
+    think_lead: tuple[int, ...]
+    target: tuple[int, ...]  # the scored tokens of `<act>` (gain is per token of these)
+    think_target: tuple[int, ...]
+
+    @classmethod
+    def of(cls, j: int, pieces, piece_ids, codec: Codec, cfg: EStepConfig) -> _Horizon:
+        later = tuple(i for ids in piece_ids[j + 1 : j + cfg.horizon] for i in ids)
+        act, cont = tuple(piece_ids[j]), codec.encode(after_thought(pieces[j]))
+        if cfg.score_from == "content":
+            d_act, d_cont = codec.decision_index(act), codec.decision_index(cont)
+            target = (*act[d_act:], *later)
+            return cls(act[:d_act], cont[:d_cont], target, target)
+        return cls((), (), (*act, *later), (*cont, *later))
+
+
 @dataclass
 class _Draft:
     """A rollout between its samples and its commit: options built, thoughts awaiting scores."""
 
     prefix: tuple[int, ...]
     piece: object
-    target: tuple[int, ...]  # the scored tokens (after `lead`, the unscored context of every option)
+    target: tuple[int, ...]  # `<act>`'s scored tokens (`_Horizon.target`)
     options: list[Option]
     middles: dict[str, tuple[int, ...]]
     act_lps: list[float] | None
@@ -287,10 +312,9 @@ class _Draft:
     scores: object = None
 
 
-def _draft(prefix, piece, piece_ids, lead, target, marker_info, completions, codec, cfg, act_lps) -> _Draft:
+def _draft(prefix, piece, piece_ids, horizon: _Horizon, marker_info, completions, codec, cfg, act_lps) -> _Draft:
     """The position's options from q's samples, and the ScoreRequest for its distinct valid
-    thoughts (with `<act>` unless its scores come from the chain). Every option is scored on the
-    same `target` tokens after the same `lead` (line t's newline and indentation) context."""
+    thoughts (with `<act>` unless its scores come from the chain), scored on `horizon`."""
     marker, d_marker = marker_info
     prompt = _sample_prompt(marker, codec, cfg)
     d_act = codec.decision_index(piece_ids)
@@ -313,11 +337,12 @@ def _draft(prefix, piece, piece_ids, lead, target, marker_info, completions, cod
         options.append(Option(kind="think", ids=sampled, loss_start=d_marker, reward=0.0, text=text))
     request = None
     if middles:
-        score_options = tuple(ScoreOption((*m, *lead), target) for m in middles.values())
+        h = horizon
+        score_options = tuple(ScoreOption((*m, *h.think_lead), h.think_target) for m in middles.values())
         if act_lps is None:
-            score_options = (ScoreOption(tuple(lead), target), *score_options)
+            score_options = (ScoreOption(h.act_lead, h.target), *score_options)
         request = ScoreRequest("pi", ScoreGroup(prefix, score_options))
-    return _Draft(prefix, piece, target, options, middles, act_lps, request)
+    return _Draft(prefix, piece, horizon.target, options, middles, act_lps, request)
 
 
 def _finish(d: _Draft, cfg: EStepConfig, stats: SearchStats) -> PositionGroup:

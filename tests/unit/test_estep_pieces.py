@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ra3_megatron.core.latent import InfusedSnippet, Thought, safe_candidate_lines
-from ra3_megatron.estep.pieces import Codec, cut_pieces, think_marker, thought_middle
+from ra3_megatron.estep.pieces import Codec, after_thought, cut_pieces, think_marker, thought_middle
 
 pytestmark = pytest.mark.unit
 
@@ -24,8 +24,10 @@ SNIPPETS = [
 def test_pieces_tile_the_text(text):
     pieces = cut_pieces(text)
     assert "".join(p.text for p in pieces) == text
-    for p in pieces[1:]:
-        assert p.text.startswith("\n")
+    for before, p in zip(pieces, pieces[1:]):
+        # each cut follows a non-space character and opens the whitespace run before the next line
+        assert not before.text[-1:].isspace() and p.text.startswith(p.lead) and p.lead[:1] in ("\n", "\r")
+        assert not p.lead.strip() and p.lead.endswith(p.indent)
     nonblank_after_first = [p.line for p in pieces[1:]]
     lines = text.split("\n")
     assert all(lines[i].strip() for i in nonblank_after_first)
@@ -35,7 +37,7 @@ def test_pieces_tile_the_text(text):
 def test_middles_at_the_cuts_render_the_infused_snippet(text):
     pieces = cut_pieces(text)
     chosen = {p.line: f"thought {i}" for i, p in enumerate(pieces[1:])}
-    joined = pieces[0].text + "".join(thought_middle(chosen[p.line], p) + p.text for p in pieces[1:])
+    joined = pieces[0].text + "".join(thought_middle(chosen[p.line], p) + after_thought(p) for p in pieces[1:])
     infused = InfusedSnippet(
         id="s", text=text, thoughts=tuple(Thought(line=k, text=v) for k, v in chosen.items())
     )
@@ -46,7 +48,7 @@ def test_prefix_before_a_cut_is_render_upto_without_its_newline():
     text = "def f(x):\n\n    y = 1\n    return y\n"
     pieces = cut_pieces(text)
     infused = InfusedSnippet(id="s", text=text, thoughts=(Thought(line=2, text="set y"),))
-    prefix = pieces[0].text + thought_middle("set y", pieces[1]) + pieces[1].text
+    prefix = pieces[0].text + thought_middle("set y", pieces[1]) + after_thought(pieces[1])
     assert infused.render_upto(pieces[2].line) == prefix + "\n"
 
 
@@ -70,3 +72,29 @@ def test_candidates_are_safe_lines_only():
     safe = set(safe_candidate_lines(text))
     assert 1 not in safe and 2 not in safe  # inside the string literal
     assert {p.line for p in pieces[1:]} >= safe
+
+
+def _stdlib_texts(n: int = 40, chars: int = 6000) -> list[str]:
+    from ra3_megatron.models.tiny import stdlib_files
+
+    return [p.read_text(encoding="utf-8")[:chars] for p in stdlib_files(n)]
+
+
+def test_piece_ids_are_the_whole_texts_tokenization_over_the_stdlib(tiny_tokenizer):
+    """What the E-step scores and trains on is what the M-step trains on and inference sees: the
+    tokenizer's ids for the whole (rendered) text, thoughts or not, blank lines included."""
+    codec = Codec(tiny_tokenizer)
+    whole = tiny_tokenizer.encode
+    for k, text in enumerate(_stdlib_texts()):
+        pieces = cut_pieces(text)
+        assert tuple(i for p in pieces for i in codec.encode(p.text)) == tuple(whole(text, add_special_tokens=False))
+        # a thought at every third candidate position: head, middles and continuations
+        chosen = {p.line: f"step {n} of file {k}" for n, p in enumerate(pieces[1:]) if n % 3 == 0}
+        infused = InfusedSnippet(id="s", text=text, thoughts=tuple(Thought(line=a, text=b) for a, b in chosen.items()))
+        ids = list(codec.encode(pieces[0].text))
+        for p in pieces[1:]:
+            if p.line in chosen:
+                ids += [*codec.encode(thought_middle(chosen[p.line], p)), *codec.encode(after_thought(p))]
+            else:
+                ids += codec.encode(p.text)
+        assert tuple(ids) == tuple(whole(infused.render(), add_special_tokens=False)), k
