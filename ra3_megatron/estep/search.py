@@ -4,7 +4,7 @@ At each candidate position (a non-blank line after the first where a comment is 
 seeded random `position_fraction` of them):
 1. decision: q's probability of the think marker "#" after the newline and indentation; G
    Bernoulli draws decide how many thoughts to roll out (`decision="force"`: all G);
-2. rollout: the thoughts are sampled from q after "{prefix}\\n{indent}#" (temperature, stop at a
+2. rollout: the thoughts are sampled from q after the prefix, the line's lead whitespace and "#" (temperature, stop at a
    newline, at most `max_latent_tokens`); empty, over-long or multi-line samples fail (reward -c);
 3. scoring under the fixed pi: l(z) = log pi(next tau pieces | prefix, z) for `<act>` and each
    distinct thought; gain = l(z) - l(act) (per horizon token, or summed); r = gain - c. `<act>`'s
