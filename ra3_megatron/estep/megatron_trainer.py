@@ -79,12 +79,15 @@ class MegatronPolicyTrainer:
         pp: int = 1,
         seed: int = 1234,
     ) -> MegatronPolicyTrainer:
+        import torch.distributed as dist
+
         from ra3_megatron.megatron.engine import EngineConfig, MegatronEngine
         from ra3_megatron.megatron.optim import OptimConfig
         from ra3_megatron.megatron.parallel import ParallelConfig, init_distributed
 
         if rows_per_update % micro_batch:
             raise ConfigError(f"rows_per_update {rows_per_update} must be a multiple of micro_batch {micro_batch}")
+        owns_group = not dist.is_initialized()
         with _own_process_group():
             init_distributed(ParallelConfig(tp=tp, pp=pp, seed=seed))
         optim = OptimConfig(lr=lr, min_lr=lr, lr_decay_style="constant", weight_decay=0.0, clip_grad=1.0)
@@ -93,7 +96,19 @@ class MegatronPolicyTrainer:
             EngineConfig(micro_batch_size=micro_batch, global_batch_size=rows_per_update, seq_length=seq_length,
                          optim=optim),
         )
-        return cls(engine, clip_eps=clip_eps, kl_coef=kl_coef, tokenizer_dir=model_dir)
+        trainer = cls(engine, clip_eps=clip_eps, kl_coef=kl_coef, tokenizer_dir=model_dir)
+        trainer._owns_group = owns_group
+        return trainer
+
+    def close(self) -> None:
+        """Free the engine; tear down the process group when this trainer created it (the next
+        phase of an in-process EM round builds its own)."""
+        from ra3_megatron.megatron.parallel import destroy_distributed
+
+        self.engine = None
+        if getattr(self, "_owns_group", False):
+            destroy_distributed()
+            self._owns_group = False
 
     def _pipelined(self) -> bool:
         from megatron.core import parallel_state as ps

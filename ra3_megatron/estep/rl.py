@@ -52,6 +52,10 @@ class PolicyTrainer(Protocol):
         """The current weights as an HF checkpoint dir (safetensors + config + tokenizer)."""
         ...
 
+    def close(self) -> None:
+        """Release the model, the optimizer and any process group the trainer created."""
+        ...
+
 
 @dataclass(frozen=True)
 class RLExample:

@@ -118,6 +118,7 @@ def run_estep(
             picked = sample_snippets(stream(), cfg.rl_steps * cfg.rl_snippets, rl_seed(cfg.seed, run.iteration))
             history = run_rl(snippet_cycle(lambda: iter(picked)), sampler=sampler, scorer=scorer, trainer=trainer,
                              cfg=cfg, work_dir=out / "rl", on_step=log_step)
+            trainer.close()
             del trainer
             release_cuda_memory()  # q's trainer (weights, grads, Adam) leaves the GPU to the engines
             q_dir = out / "rl" / "q"

@@ -122,6 +122,9 @@ class TorchPolicyTrainer:
         self.optimizer.step()
         return sums, float(grad_norm)
 
+    def close(self) -> None:
+        self.model = self.optimizer = None
+
     def save_state(self, out_dir: str | Path) -> None:
         """The optimizer's state (AdamW moments and step counts) and the step count, written
         atomically: what a resumed run needs beside the exported weights."""

@@ -265,3 +265,18 @@ def test_megatron_trainer_resumes_with_its_optimizer_state(tiny_model_dir, tmp_p
         destroy_distributed()
     assert resumed == pytest.approx(losses, abs=1e-5)
     assert (tmp_path / "w" / "trainer_state" / "latest").is_file()
+
+
+def test_megatron_trainer_close_tears_down_the_group_it_created(tiny_model_dir):
+    """An in-process EM round: q's trainer must not leave its process group to the M-step."""
+    pytest.importorskip("megatron.core")
+    import torch.distributed as dist
+
+    from ra3_megatron.estep.megatron_trainer import MegatronPolicyTrainer
+    from ra3_megatron.megatron.parallel import destroy_distributed
+
+    destroy_distributed()  # whatever an earlier test left
+    trainer = MegatronPolicyTrainer.from_hf(tiny_model_dir, lr=1e-3, micro_batch=2, rows_per_update=4, seq_length=64)
+    assert dist.is_initialized()
+    trainer.close()
+    assert not dist.is_initialized() and trainer.engine is None
