@@ -20,7 +20,8 @@ class EStepConfig:
     samples: int = 4  # G: decisions (and thoughts) sampled from q per position (ours)
     horizon: int = 4  # tau: lines scored after the position (ours)
     max_latent_tokens: int = 32  # a sample without a newline within this many tokens fails (ours)
-    # q writes a thought after the newline(s) and indentation before the line and "#"; True adds the space of the spec's "{indent}# " prompt.
+    # q writes a thought after the whitespace before the line and "#"; True adds the space of the
+    # spec's "{indent}# " prompt.
     # Off by default: byte-level BPE merges that space into the next word (" word"), so a prompt
     # ending in a lone space asks for a tokenization the model never saw in training. (ours)
     prompt_space: bool = False

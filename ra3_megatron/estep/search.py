@@ -4,8 +4,9 @@ At each candidate position (a non-blank line after the first where a comment is 
 seeded random `position_fraction` of them):
 1. decision: q's probability of the think marker "#" after the newline and indentation; G
    Bernoulli draws decide how many thoughts to roll out (`decision="force"`: all G);
-2. rollout: the thoughts are sampled from q after the prefix, the line's lead whitespace and "#" (temperature, stop at a
-   newline, at most `max_latent_tokens`); empty, over-long or multi-line samples fail (reward -c);
+2. rollout: the thoughts are sampled from q after the prefix, the line's lead whitespace and "#"
+   (temperature, stop at a newline, at most `max_latent_tokens`); empty, over-long or multi-line
+   samples fail (reward -c);
 3. scoring under the fixed pi: l(z) = log pi(next tau pieces | prefix, z) for `<act>` and each
    distinct thought; gain = l(z) - l(act) (per horizon token, or summed); r = gain - c. `<act>`'s
    horizon is the code itself, so with `cfg.chain` its scores for all later positions come from
@@ -279,7 +280,7 @@ class _Horizon:
     then the code); a thought continues with `after_thought(piece j)` (`think_lead`: the thought
     line's newline and the indentation, then the same code). With `score_from="content"` both
     leads are unscored context and every option is scored on the same `target` tokens; with
-    "line" each option also scores its own lead (`act_target` / `think_target`).
+    "line" each option also scores its own lead (`target` / `think_target`).
     """
 
     act_lead: tuple[int, ...]
