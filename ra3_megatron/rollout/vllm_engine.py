@@ -7,7 +7,11 @@ on with KV blocks of 32 tokens (the CPU default of 128 would cache only 128 toke
 prefix cache, so we turn reading back on (`skip_reading_prefix_cache=False`, safe only with
 `detokenize=False`), run each distinct prefix once first so its blocks are cached, and check
 every answer's `num_cached_tokens`: the log-probs of cached positions are not computed, so a
-request whose cache hit reaches a scored position is scored again without the cache.
+request whose cache hit reaches a scored position is scored again without the cache. The
+prompt log-prob list is read per token (`PromptLogprobs`) whether the model runner returned one
+entry per prompt token or only the computed ones (vLLM 0.32's default CUDA runner).
+On GPUs the workers start with `spawn`, the memory share comes from the free memory at start,
+and sleep mode lets `sleep()` / `wake_up()` free the device while a trainer updates the policy.
 `scorer="prefix-cache"` keeps a transformers copy of the model and scores with
 `prefix_scorer` instead (vLLM samples, the prefix-cache scorer scores: faster on CPU).
 `load_weights(dir)` = `collective_rpc("reload_weights")` + `reset_prefix_cache()`, no restart.
