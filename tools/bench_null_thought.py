@@ -81,8 +81,9 @@ def gains(snippets, sampler, scorer, score_from: str, horizon: int) -> np.ndarra
     from ra3_megatron.estep.batch import run_searches
     from ra3_megatron.estep.config import EStepConfig
 
-    cfg = EStepConfig(decision="force", samples=1, penalty=1e9, horizon=horizon, score_from=score_from,
-                      batch_snippets=8)
+    # "default": the checkout's own scoring, so an older checkout (before `score_from`) runs too
+    extra = {} if score_from == "default" else {"score_from": score_from}
+    cfg = EStepConfig(decision="force", samples=1, penalty=1e9, horizon=horizon, batch_snippets=8, **extra)
     results = run_searches(snippets, sampler=sampler, scorer=scorer, cfg=cfg, phase="null-thought")
     return np.array([o.gain for r in results for g in r.groups for o in g.options if o.kind == "think"])
 
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-snippet-tokens", type=int, default=512)
     p.add_argument("--horizon", type=int, default=4)
     p.add_argument("--penalties", default="0.05", help="comma-separated c values to report")
-    p.add_argument("--scorings", default="line,content", help="which scorings to run (line, content)")
+    p.add_argument("--scorings", default="line,content",
+                   help="which scorings to run: line, content, or default (the checkout's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
