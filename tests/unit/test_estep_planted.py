@@ -117,18 +117,12 @@ def test_act_scores_from_one_chain_pass_equal_scoring_act_per_rollout(planted):
 
 
 def _prefix_ids(codec, text, thoughts, line):
-    """The token ids before `line` with the chosen thoughts inserted, as the search builds them."""
-    from ra3_megatron.estep.pieces import cut_pieces, thought_middle
+    """The token ids before `line` with the chosen thoughts inserted: the tokenizer's ids for the
+    rendered text up to the previous line's last non-space character (where the search cuts)."""
+    from ra3_megatron.core.latent import InfusedSnippet
 
-    by_line = {t.line: t.text for t in thoughts}
-    ids = []
-    for p in cut_pieces(text):
-        if p.line == line:
-            return tuple(ids)
-        if p.line in by_line:
-            ids += codec.encode(thought_middle(by_line[p.line], p))
-        ids += codec.encode(p.text)
-    raise AssertionError(f"no line {line}")
+    rendered = InfusedSnippet(id="s", text=text, thoughts=tuple(thoughts)).render_upto(line)
+    return tuple(codec.tokenizer.encode(rendered.rstrip(), add_special_tokens=False))
 
 
 @pytest.mark.parametrize("lookahead", [1, 3, 8])
