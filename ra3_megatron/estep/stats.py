@@ -116,7 +116,7 @@ def write_tensorboard(log_dir: str | os.PathLike, series: dict[str, list[tuple[i
 
 
 _REPORT_KEYS = ("think_rate", "mean_thought_tokens", "mean_gain", "rollout_share", "reward",
-                "sample_reward", "fail_rate")
+                "sample_reward", "fail_rate", "comment_position_share")
 
 
 def render_report(stats: dict[str, Any]) -> str:
@@ -126,7 +126,8 @@ def render_report(stats: dict[str, Any]) -> str:
     lines.append(
         f"penalty c = {cfg.get('penalty')}, G = {cfg.get('samples')}, tau = {cfg.get('horizon')}, "
         f"decision = {cfg.get('decision')}, position_fraction = {cfg.get('position_fraction')}, "
-        f"RL steps = {cfg.get('rl_steps')}, seed = {cfg.get('seed')}"
+        f"RL steps = {cfg.get('rl_steps')}, seed = {cfg.get('seed')}, scored from = {cfg.get('score_from')}, "
+        f"comment lines = {cfg.get('comment_lines')}"
     )
     lines += ["", "## RL steps on q", ""]
     steps = stats.get("rl", [])

@@ -102,7 +102,11 @@ def test_deterministic_under_a_seed(tiny_model_dir, tmp_path, capsys):
     parts = stats["seconds"]["infuse_parts"]
     assert {"probe", "chain", "score", "sample", "search"} <= set(parts) and min(parts.values()) >= 0
     assert 0 < sum(parts.values()) <= stats["seconds"]["infuse"]
-    assert "Infusion time by engine call" in (tmp_path / "a" / "report.md").read_text()
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "Infusion time by engine call" in report
+    # the corpus has a comment before every other code line: those positions are left out, and said so
+    assert "scored from = content, comment lines = skip" in report
+    assert stats["infusion"]["counts"]["comment_positions"] > 0 and "- comment_position_share: " in report
     assert list((tmp_path / "a" / "tb").iterdir()), "TensorBoard scalars"
     assert not (tmp_path / "a" / "rl" / "q").exists()  # q's weights are dropped unless --keep-q
     # a finished output is not redone; another configuration on it is refused
