@@ -33,6 +33,7 @@ _started: threading.Thread | None = None
 _stop = threading.Event()
 _finish = None  # posts this rank's last word ("done" or "failed") into the job's store
 _generation = 0  # a job may init and destroy its process group more than once (the EM phases)
+_crash_message = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,17 @@ def stop_watchdog() -> None:
     _stop.clear()
 
 
+def _reporting_crashes(previous_hook):
+    """An excepthook that posts an uncaught exception as the job's failure, then reports it as usual."""
+
+    def hook(kind, value, tb) -> None:
+        if _finish is not None:
+            _finish("failed", f"{_crash_message} {kind.__name__}: {value}")
+        previous_hook(kind, value, tb)
+
+    return hook
+
+
 def _job_store(timeout_s: float):
     """A client of the store the job's ranks rendezvoused on (torchrun's agent or rank 0)."""
     import datetime
@@ -115,7 +127,7 @@ def start_watchdog(rank: int, world: int, cfg: WatchdogConfig | None = None, *, 
     The rank also reports its own end: an uncaught exception posts the job's failure at once (the
     peers stop without waiting out the timeout), and `stop_watchdog` marks a clean end.
     """
-    global _started, _finish, _generation
+    global _started, _finish, _generation, _crash_message
     cfg = cfg or WatchdogConfig.from_env()
     if world < 2 or _started is not None:
         return _started
@@ -124,7 +136,6 @@ def start_watchdog(rank: int, world: int, cfg: WatchdogConfig | None = None, *, 
     run = os.environ.get("TORCHELASTIC_RUN_ID", "job") + "." + os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     key = f"{_PREFIX}{run}.{_generation}/"
     peer = (rank + 1) % world
-    parent = os.getppid()
 
     def post(what: str, value: str) -> None:
         try:
@@ -135,8 +146,6 @@ def start_watchdog(rank: int, world: int, cfg: WatchdogConfig | None = None, *, 
     def watch() -> None:
         beats, seen, seen_at = 0, None, time.monotonic()
         while not _stop.is_set():
-            if os.getppid() != parent:
-                kill_children_and_exit(f"rank {rank}: its launcher (pid {parent}) died")
             try:
                 beats += 1
                 store.set(f"{key}beat/{rank}", str(beats))
@@ -158,16 +167,12 @@ def start_watchdog(rank: int, world: int, cfg: WatchdogConfig | None = None, *, 
                 kill_children_and_exit(f"rank {rank}: {message}")
             _stop.wait(cfg.interval_s)
 
-    previous_hook = sys.excepthook
-
-    def report_crash(kind, value, tb) -> None:
-        post("failed", f"rank {rank} raised {kind.__name__}: {value}")
-        previous_hook(kind, value, tb)
-
-    sys.excepthook = report_crash
-    if _generation == 1:
+    if _generation == 1:  # once per process, whatever the number of process groups
+        exit_when_orphaned(what=f"rank {rank}")  # its launcher (torchrun's agent) died
         atexit.register(stop_watchdog)  # a rank that returns normally has ended cleanly
+        sys.excepthook = _reporting_crashes(sys.excepthook)
     _finish = post
+    _crash_message = f"rank {rank} raised"
     _started = threading.Thread(target=watch, name="ra3-rank-watchdog", daemon=True)
     _started.start()
     return _started
