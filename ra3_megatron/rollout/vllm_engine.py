@@ -96,6 +96,11 @@ class PromptLogprobs:
             raise ValueError(f"prompt log-prob list of {len(entries)} entries for a prompt of {prompt_len} "
                              f"tokens with {self.cached} cached: neither full length nor computed-only")
 
+    @classmethod
+    def of(cls, output, prompt_len: int) -> PromptLogprobs:
+        """From a vLLM RequestOutput."""
+        return cls(output.prompt_logprobs, prompt_len, output.num_cached_tokens)
+
     def has(self, i: int) -> bool:
         """Whether token i (i >= 1) has a computed log-prob."""
         k = i - self.offset
@@ -314,13 +319,12 @@ class VLLMEngine:
 
         keys = list(seqs)
         results = run(keys, read_cache=caching)
-        readers = {k: PromptLogprobs(res.prompt_logprobs, len(k), res.num_cached_tokens) for k, res in results.items()}
+        readers = {k: PromptLogprobs.of(res, len(k)) for k, res in results.items()}
         # A cache hit that reaches a scored position left no log-prob there: score it again uncached.
         stale = [k for k in keys if not readers[k].has(seqs[k])]
         if stale:
             self.rescored_without_cache += len(stale)
-            for k, res in run(stale, read_cache=False).items():
-                readers[k] = PromptLogprobs(res.prompt_logprobs, len(k), res.num_cached_tokens)
+            readers.update((k, PromptLogprobs.of(res, len(k))) for k, res in run(stale, read_cache=False).items())
         scores = []
         for g in groups:
             per = []
