@@ -253,17 +253,6 @@ def rl_seed(seed: int, iteration: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\x00rl-snippets\x00{iteration}".encode()).digest()[:8], "little")
 
 
-def snippet_cycle(stream_factory: Callable[[], Iterator[tuple[str, str]]]) -> Iterator[tuple[str, str]]:
-    """The snippets of the stream, restarted at its end (a corpus smaller than the RL steps need)."""
-    while True:
-        empty = True
-        for item in stream_factory():
-            empty = False
-            yield item
-        if empty:
-            return
-
-
 def run_rl(
     snippets: Iterator[tuple[str, str]],
     *,

@@ -16,6 +16,7 @@ A rerun on the same output resumes at the phase where it stopped; a finished one
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -27,7 +28,7 @@ from typing import Any
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.infuse import infuse, iter_snippets
-from ra3_megatron.estep.rl import rl_seed, run_rl, sample_snippets, snippet_cycle
+from ra3_megatron.estep.rl import rl_seed, run_rl, sample_snippets
 from ra3_megatron.estep.shards import try_write_manifest, write_rank_done
 from ra3_megatron.estep.stats import SearchStats, atomic_write_text, write_stats
 from ra3_megatron.rollout.common import release_cuda_memory
@@ -116,7 +117,8 @@ def run_estep(
 
             # The steps' snippets: a seeded draw over the whole corpus, new in every EM round.
             picked = sample_snippets(stream(), cfg.rl_steps * cfg.rl_snippets, rl_seed(cfg.seed, run.iteration))
-            history = run_rl(snippet_cycle(lambda: iter(picked)), sampler=sampler, scorer=scorer, trainer=trainer,
+            # A corpus smaller than the steps need is cycled.
+            history = run_rl(itertools.cycle(picked), sampler=sampler, scorer=scorer, trainer=trainer,
                              cfg=cfg, work_dir=out / "rl", on_step=log_step)
             trainer.close()
             del trainer
