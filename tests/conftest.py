@@ -67,7 +67,7 @@ def tagged_processes(tag: str = LEAK_TAG) -> list:
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(tag) == os.environ[tag] and proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.environ().get(tag) == os.environ[tag] and _alive(proc):
                 found.append(proc)
         except psutil.Error:  # gone, or not ours to read
             continue
