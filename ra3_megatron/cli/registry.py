@@ -42,5 +42,6 @@ register("convert", "ra3_megatron.cli.convert", "HF checkpoint <-> Megatron-Core
 register("mstep", "ra3_megatron.cli.mstep", "M-step: latent-aware NTP on Megatron-Core (launch with torchrun for TP/PP/DP)")
 register("estep", "ra3_megatron.cli.estep", "E-step: RL over latent thoughts, then infuse a corpus (jsonl shards + stats)")
 register("em", "ra3_megatron.cli.em", "EM loop: E-step -> prepare -> M-step for N iterations in a resumable run dir")
+register("compare", "ra3_megatron.cli.compare", "RA3 vs NTP and two controls on equal code tokens, read on held-out code (results, report, plots)")
 register("eval", "ra3_megatron.cli.eval", "check code samples on HumanEval / MBPP / HumanEval+ / MBPP+ in the sandbox (pass@k); --model generates them first")
 register("rlvr", "ra3_megatron.cli.rlvr", "GRPO RLVR: unit-test rewards in the sandbox, rollouts in vLLM, the policy in Megatron")

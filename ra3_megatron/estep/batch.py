@@ -74,10 +74,19 @@ class _Laps:
 
 
 def _run_searches(jobs, *, sampler, scorer, cfg, phase, keep_groups, codec, clock) -> list[SearchResult]:
-    lap = _Laps(clock)
     codec = codec or Codec(sampler.tokenizer)
     gens = [search_steps(sid, text, codec, cfg, phase=phase, keep_groups=keep_groups) for sid, text in jobs]
-    results: list[SearchResult | None] = [None] * len(gens)
+    return serve(gens, [sid for sid, _ in jobs], sampler=sampler, scorer=scorer, cfg=cfg, phase=phase, clock=clock)
+
+
+def serve(gens, ids: Sequence[str], *, sampler, scorer, cfg: EStepConfig, phase: str,
+          clock: dict[str, float] | None = None) -> list:
+    """Drive generators that yield the search's request types (`search_steps`, and the held-out
+    reader of `estep.thinking`) in lockstep; returns their return values in order. `ids[i]`
+    names generator i in its sampling seeds."""
+    lap = _Laps(clock)
+    results: list[object] = [None] * len(gens)
+    done = [False] * len(gens)
     pending: dict[int, object] = {}  # search index -> its request (or Bundle of requests)
 
     def advance(i: int, answer: object) -> None:
@@ -85,7 +94,7 @@ def _run_searches(jobs, *, sampler, scorer, cfg, phase, keep_groups, codec, cloc
             pending[i] = gens[i].send(answer)
         except StopIteration as stop:
             pending.pop(i, None)
-            results[i] = stop.value
+            results[i], done[i] = stop.value, True
 
     for i in range(len(gens)):
         advance(i, None)
@@ -118,7 +127,7 @@ def _run_searches(jobs, *, sampler, scorer, cfg, phase, keep_groups, codec, cloc
             # One call for every prompt of the round, each with its own n and its own seed.
             configs = [
                 SamplingConfig(n=flat[f][1].n, temperature=cfg.temperature, max_tokens=cfg.max_latent_tokens,
-                               stop=("\n",), seed=_seed(cfg.seed, phase, jobs[flat[f][0]][0], flat[f][1].line))
+                               stop=("\n",), seed=_seed(cfg.seed, phase, ids[flat[f][0]], flat[f][1].line))
                 for f in samples
             ]
             for f, completions in zip(samples, sampler.generate([list(flat[f][1].prompt) for f in samples], configs)):
@@ -130,4 +139,4 @@ def _run_searches(jobs, *, sampler, scorer, cfg, phase, keep_groups, codec, cloc
         for i, got in by_search.items():
             advance(i, tuple(got) if isinstance(pending[i], Bundle) else got[0])
     lap("search")
-    return [r for r in results if r is not None]
+    return [r for r, finished in zip(results, done) if finished]

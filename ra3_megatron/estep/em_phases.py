@@ -52,27 +52,34 @@ def mstep_ra3(*, data: str, model: str, out_dir: Path, nproc: int = 1, args: Seq
 def mstep_inprocess(*, data: str, model: str, out_dir: Path, nproc: int = 1, args: Sequence[str] = (),
                     iteration: int = 0) -> Path:
     """One-rank M-step in this process; `args` are MStepConfig fields as key=value."""
-    import dataclasses
-
-    from ra3_megatron.cli.mstep import parse_value
     from ra3_megatron.megatron.parallel import destroy_distributed
     from ra3_megatron.megatron.trainer import MStepConfig, run_mstep
 
     if nproc != 1:
         raise ConfigError("the in-process M-step runs on one rank; use mstep='ra3' for nproc > 1")
+    try:
+        run_mstep(MStepConfig(model=str(model), data=str(data), out=str(out_dir), **mstep_overrides(args)))
+    finally:
+        destroy_distributed()
+    return _hf_dir(out_dir)
+
+
+def mstep_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """MStepConfig fields from M-step options written KEY=VALUE or --KEY=VALUE (later ones win)."""
+    import dataclasses
+
+    from ra3_megatron.cli.mstep import parse_value
+    from ra3_megatron.megatron.trainer import MStepConfig
+
     known = {f.name: f for f in dataclasses.fields(MStepConfig)}
     values: dict[str, Any] = {}
     for item in args:
         key, sep, text = item.partition("=")
         key = key.lstrip("-").replace("-", "_")
         if not sep or key not in known:
-            raise ConfigError(f"in-process M-step options are KEY=VALUE with an MStepConfig field, got {item!r}")
+            raise ConfigError(f"M-step options are KEY=VALUE with an MStepConfig field, got {item!r}")
         values[key] = parse_value(key, text, known[key].type)
-    try:
-        run_mstep(MStepConfig(model=str(model), data=str(data), out=str(out_dir), **values))
-    finally:
-        destroy_distributed()
-    return _hf_dir(out_dir)
+    return values
 
 
 def _hf_dir(out_dir: Path) -> Path:

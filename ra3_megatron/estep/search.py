@@ -120,7 +120,7 @@ def snippet_rng(seed: int, snippet_id: str, phase: str) -> np.random.Generator:
     return np.random.default_rng(list(np.frombuffer(digest[:16], dtype=np.uint32)))
 
 
-def _thought_text(c: Completion, max_tokens: int) -> str | None:
+def completion_thought(c: Completion, max_tokens: int) -> str | None:
     text = c.text.split("\n", 1)[0] if "\n" in c.text else c.text
     if "\n" not in c.text and (c.finish_reason == "length" or len(c.token_ids) > max_tokens):
         return None  # no newline within the budget: an over-long thought
@@ -130,7 +130,7 @@ def _thought_text(c: Completion, max_tokens: int) -> str | None:
 SearchGen = Generator[ScoreRequest | SampleRequest | ProbeRequest | ChainRequest | Bundle, object, SearchResult]
 
 
-def _probe_request(prefix, pieces, piece_ids, markers, k, chosen_lines):
+def decision_probe(prefix, pieces, piece_ids, markers, k, chosen_lines):
     """Decision probes for the candidate positions >= k over prefix + the remaining pieces.
 
     Only positions whose piece starts with the same tokens as its think marker up to the
@@ -192,7 +192,7 @@ def search_steps(
                 n_think, p_think = cfg.samples, None
                 if cfg.decision == "sample":
                     if pieces[j].line not in probed and cfg.probe:
-                        request, lines = _probe_request(ctx, pieces, piece_ids, markers, j, chosen_lines)
+                        request, lines = decision_probe(ctx, pieces, piece_ids, markers, j, chosen_lines)
                         if lines:
                             probed.update(zip(lines, (yield request)))
                     if pieces[j].line in probed:
@@ -222,7 +222,7 @@ def search_steps(
                 chain["lps"].extend((yield ChainRequest(ids, have)))
         drafts = {}
         if todo:
-            prompts = [(*ctx[:length], *_sample_prompt(markers[j][0], codec, cfg)) for j, _, length in todo]
+            prompts = [(*ctx[:length], *sample_prompt(markers[j][0], codec, cfg)) for j, _, length in todo]
             answers = yield Bundle(tuple(SampleRequest(pr, n, pieces[j].line) for pr, (j, n, _) in zip(prompts, todo)))
             for (j, _, length), completions in zip(todo, answers):
                 horizon = _Horizon.of(j, pieces, piece_ids, codec, cfg)
@@ -268,7 +268,7 @@ def search_steps(
     return SearchResult(infused=infused, groups=groups, stats=stats)
 
 
-def _sample_prompt(marker, codec, cfg) -> tuple[int, ...]:
+def sample_prompt(marker, codec, cfg) -> tuple[int, ...]:
     return (*marker, *codec.encode(" ")) if cfg.prompt_space else tuple(marker)
 
 
@@ -317,7 +317,7 @@ def _draft(prefix, piece, piece_ids, horizon: _Horizon, marker_info, completions
     """The position's options from q's samples, and the ScoreRequest for its distinct valid
     thoughts (with `<act>` unless its scores come from the chain), scored on `horizon`."""
     marker, d_marker = marker_info
-    prompt = _sample_prompt(marker, codec, cfg)
+    prompt = sample_prompt(marker, codec, cfg)
     d_act = codec.decision_index(piece_ids)
     act = Option(kind="act", ids=tuple(piece_ids[: d_act + 1]), loss_start=min(d_act, len(piece_ids) - 1),
                  reward=0.0)
@@ -327,7 +327,7 @@ def _draft(prefix, piece, piece_ids, horizon: _Horizon, marker_info, completions
         # RL trains on the ids q sampled (marker, text and the token that ended it), so the PPO
         # ratio is over tokens q produced; pi scores the canonical encoding of the rendered line.
         sampled = (*prompt, *c.token_ids)
-        text = _thought_text(c, cfg.max_latent_tokens)
+        text = completion_thought(c, cfg.max_latent_tokens)
         if text is None:
             options.append(Option(kind="think", ids=sampled, loss_start=d_marker, reward=-cfg.penalty))
             continue

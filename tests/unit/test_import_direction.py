@@ -25,7 +25,7 @@ LAYERS = [
     {"data", "rollout"},
     {"megatron", "eval"},
     {"estep"},
-    {"rlvr"},
+    {"rlvr", "compare"},
     {"integrations", "recipes"},
     {"cli"},
 ]
