@@ -166,9 +166,9 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _heldout(cfg: CompareConfig) -> dict[str, Any]:
     """The held-out snippets (chunked as the E-step chunks), checked for overlap with training."""
-    from ra3_megatron.estep.infuse import iter_snippets
-
     from transformers import AutoTokenizer
+
+    from ra3_megatron.estep.infuse import iter_snippets
 
     # The tokenizer the engines use (they load it from the model dir): chunks as the E-step's.
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)

@@ -18,15 +18,8 @@ from collections.abc import Sequence
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.pieces import Codec
 from ra3_megatron.estep.probe import chain_logprobs, probe_logprobs
-from ra3_megatron.estep.search import (
-    Bundle,
-    ChainRequest,
-    ProbeRequest,
-    SampleRequest,
-    ScoreRequest,
-    SearchResult,
-    search_steps,
-)
+from ra3_megatron.estep.requests import Bundle, ChainRequest, ProbeRequest, SampleRequest, ScoreRequest
+from ra3_megatron.estep.search import SearchResult, search_steps
 from ra3_megatron.megatron.cpu_shims import device_mode_suspended
 from ra3_megatron.rollout.base import SamplingConfig
 
@@ -140,3 +133,10 @@ def serve(gens, ids: Sequence[str], *, sampler, scorer, cfg: EStepConfig, phase:
             advance(i, tuple(got) if isinstance(pending[i], Bundle) else got[0])
     lap("search")
     return [r for r, finished in zip(results, done) if finished]
+
+
+def search_snippet(snippet_id: str, text: str, *, sampler, scorer, cfg: EStepConfig, phase: str = "infuse",
+                   keep_groups: bool = True) -> SearchResult:
+    """Search one snippet with the given engines (q samples and decides, pi scores)."""
+    return run_searches([(snippet_id, text)], sampler=sampler, scorer=scorer, cfg=cfg, phase=phase,
+                        keep_groups=keep_groups)[0]

@@ -22,12 +22,13 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from ra3_megatron.estep import tree_rows
 from ra3_megatron.estep.batch import run_searches
 from ra3_megatron.estep.config import EStepConfig
+from ra3_megatron.estep.rl_example import RLExample
 from ra3_megatron.estep.search import PositionGroup
 from ra3_megatron.estep.stats import SearchStats
 from ra3_megatron.megatron.cpu_shims import device_mode_suspended
@@ -55,19 +56,6 @@ class PolicyTrainer(Protocol):
     def close(self) -> None:
         """Release the model, the optimizer and any process group the trainer created."""
         ...
-
-
-@dataclass(frozen=True)
-class RLExample:
-    tokens: tuple[int, ...]
-    loss_from: int  # index in tokens of the first token the loss covers (it covers them to the end)
-    advantage: float
-    # Loss spans (from, to, advantage) of shorter examples whose tokens begin this one's and
-    # that were folded into it (`fold_prefixes`): tokens[from:to] carry that advantage.
-    folded: tuple[tuple[int, int, float], ...] = ()
-
-    def spans(self) -> list[tuple[int, int, float]]:
-        return [*self.folded, (self.loss_from, len(self.tokens), self.advantage)]
 
 
 def examples_from_groups(groups: Iterable[PositionGroup], max_tokens: int, fold: bool = True) -> list[RLExample]:
@@ -190,7 +178,6 @@ def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: Pol
     asks for them and the trainer can train them (`estep.tree_rows`), else one row per example.
     Engine log-probs are computed on the linear rows (engines score sequences) and moved over.
     Returns the batch and its record: rows, tokens they hold (padding aside), layout."""
-    from ra3_megatron.estep import tree_rows
 
     linear = build_batch(examples, pad_id=pad_id)
     use_engine = cfg.old_logprobs == "engine" and getattr(sampler, "trainer_exact_logprobs", False)

@@ -23,8 +23,8 @@ them left to right and, at a chosen thought, drops the rest of the window (count
 
 The search is a generator: it yields engine requests (`ProbeRequest`, `ChainRequest`,
 `ScoreRequest`, `SampleRequest`, or a `Bundle` of them) and receives their answers, so
-`estep.batch` can serve many snippets with one engine call. `search_snippet` drives a single
-one. Randomness (positions, decisions) comes from a generator seeded by (seed, snippet id,
+`estep.batch` can serve many snippets with one engine call (`batch.search_snippet` drives a
+single one). The request types live in `estep.requests`. Randomness (positions, decisions) comes from a generator seeded by (seed, snippet id,
 phase), so a snippet's search does not depend on its batch.
 """
 
@@ -43,48 +43,9 @@ from ra3_megatron.core.lines import is_comment_line, split_lines
 from ra3_megatron.core.rewards import choose_option, gain, group_advantages, option_rewards
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.pieces import Codec, after_thought, cut_pieces, think_marker, thought_middle
+from ra3_megatron.estep.requests import Bundle, ChainRequest, ProbeRequest, SampleRequest, ScoreRequest
 from ra3_megatron.estep.stats import SearchStats
 from ra3_megatron.rollout.base import Completion, ScoreGroup, ScoreOption
-
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    engine: Literal["q", "pi"]  # q: the sampler being trained; pi: the fixed scorer
-    group: ScoreGroup
-
-
-@dataclass(frozen=True)
-class ProbeRequest:
-    """log q(tokens[i] | ids[:positions[i]]) for each i: the decisions of many lines in one pass."""
-
-    ids: tuple[int, ...]
-    positions: tuple[int, ...]
-    tokens: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ChainRequest:
-    """log pi(ids[i] | ids[:i]) for i >= start: the `<act>` option's scores for every later
-    position at once (its horizon is the snippet's own next lines), valid until a thought is
-    inserted. The search asks for the code as far as its window's horizons reach, and later for
-    more of it (start = where the last request ended)."""
-
-    ids: tuple[int, ...]
-    start: int
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """Several requests at once; answered by a tuple of their answers, in order."""
-
-    requests: tuple
-
-
-@dataclass(frozen=True)
-class SampleRequest:
-    prompt: tuple[int, ...]
-    n: int
-    line: int  # the position's line: with the snippet id it seeds the samples
 
 
 @dataclass
@@ -363,12 +324,3 @@ def _finish(d: _Draft, cfg: EStepConfig, stats: SearchStats) -> PositionGroup:
         o.gain, o.reward, o.advantage = g, float(r), float(a)
     stats.add_group(d.options)
     return PositionGroup(line=d.piece.line, prefix=d.prefix, options=d.options, chosen=choose_option(rewards))
-
-
-def search_snippet(snippet_id: str, text: str, *, sampler, scorer, cfg: EStepConfig, phase: str = "infuse",
-                   keep_groups: bool = True) -> SearchResult:
-    """Search one snippet with the given engines (q samples and decides, pi scores)."""
-    from ra3_megatron.estep.batch import run_searches
-
-    return run_searches([(snippet_id, text)], sampler=sampler, scorer=scorer, cfg=cfg, phase=phase,
-                        keep_groups=keep_groups)[0]

@@ -30,15 +30,8 @@ from ra3_megatron.core.latent import safe_candidate_lines
 from ra3_megatron.core.lines import is_comment_line, split_lines
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.pieces import Codec, after_thought, cut_pieces, think_marker, thought_middle
-from ra3_megatron.estep.search import (
-    ChainRequest,
-    SampleRequest,
-    ScoreRequest,
-    completion_thought,
-    decision_probe,
-    sample_prompt,
-    snippet_rng,
-)
+from ra3_megatron.estep.requests import ChainRequest, SampleRequest, ScoreRequest
+from ra3_megatron.estep.search import completion_thought, decision_probe, sample_prompt, snippet_rng
 from ra3_megatron.rollout.base import ScoreGroup, ScoreOption
 
 Mode = Literal["plain", "think", "given"]

@@ -7,9 +7,9 @@ import ast
 
 import pytest
 
+from ra3_megatron.estep.batch import search_snippet
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.probe import probe_logprobs
-from ra3_megatron.estep.search import search_snippet
 
 pytestmark = pytest.mark.integration
 

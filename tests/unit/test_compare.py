@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ra3_megatron.compare.arms import null_records, ntp_records, shuffled_records
+from ra3_megatron.compare.arms import ntp_records, null_records, shuffled_records
 from ra3_megatron.compare.config import CompareConfig
 from ra3_megatron.compare.report import verdict
 from ra3_megatron.compare.stats import paired_ce_diff, paired_rate_diff, pooled_ce_interval

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ra3_megatron.errors import ConfigError
+from ra3_megatron.estep.batch import search_snippet
 from ra3_megatron.estep.config import EStepConfig
-from ra3_megatron.estep.search import search_snippet
 from ra3_megatron.rollout.base import Completion, per_prompt
 
 pytestmark = pytest.mark.unit

@@ -84,3 +84,62 @@ def test_a_reversed_arrow_is_caught(tmp_path):
     (tmp_path / "estep").mkdir()
     (tmp_path / "estep" / "search.py").write_text("from ra3_megatron.core import lines\n")
     assert upward(package_edges(tmp_path)) == ["core/lines.py: core -> estep"]
+
+
+def module_cycles(root: Path = PACKAGE) -> list[list[str]]:
+    """Groups of ra3_megatron modules that import each other in a cycle (lazy imports included)."""
+    modules = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).with_suffix("").parts
+        modules[".".join(("ra3_megatron", *rel)).removesuffix(".__init__")] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    # Strongly connected components (Tarjan): any with two or more modules is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def test_no_module_imports_itself_through_others():
+    assert module_cycles() == []
+
+
+def test_an_import_cycle_is_caught(tmp_path):
+    (tmp_path / "estep").mkdir()
+    (tmp_path / "estep" / "search.py").write_text("from ra3_megatron.estep.requests import ScoreRequest\n")
+    (tmp_path / "estep" / "requests.py").write_text("def f():\n    from ra3_megatron.estep import search\n")
+    assert module_cycles(tmp_path) == [["ra3_megatron.estep.requests", "ra3_megatron.estep.search"]]
