@@ -20,7 +20,6 @@ from ra3_megatron.estep.pieces import Codec
 from ra3_megatron.estep.probe import chain_logprobs, probe_logprobs
 from ra3_megatron.estep.requests import Bundle, ChainRequest, ProbeRequest, SampleRequest, ScoreRequest
 from ra3_megatron.estep.search import SearchResult, search_steps
-from ra3_megatron.megatron.cpu_shims import device_mode_suspended
 from ra3_megatron.rollout.base import SamplingConfig
 
 
@@ -46,11 +45,9 @@ def run_searches(
     "probe", "chain", "score", "sample"), and the rest, the searches' own work between calls,
     to "search".
     """
-    # The engines never name a CUDA device: without the Megatron CPU shims' device mode, which
-    # is on for the whole process once q's Megatron trainer exists (cpu_shims).
-    with device_mode_suspended():
-        return _run_searches(jobs, sampler=sampler, scorer=scorer, cfg=cfg, phase=phase,
-                             keep_groups=keep_groups, codec=codec, clock=clock)
+    codec = codec or Codec(sampler.tokenizer)
+    gens = [search_steps(sid, text, codec, cfg, phase=phase, keep_groups=keep_groups) for sid, text in jobs]
+    return serve(gens, [sid for sid, _ in jobs], sampler=sampler, scorer=scorer, cfg=cfg, phase=phase, clock=clock)
 
 
 class _Laps:
@@ -64,12 +61,6 @@ class _Laps:
             now = time.perf_counter()
             self.clock[name] = self.clock.get(name, 0.0) + now - self.t
             self.t = now
-
-
-def _run_searches(jobs, *, sampler, scorer, cfg, phase, keep_groups, codec, clock) -> list[SearchResult]:
-    codec = codec or Codec(sampler.tokenizer)
-    gens = [search_steps(sid, text, codec, cfg, phase=phase, keep_groups=keep_groups) for sid, text in jobs]
-    return serve(gens, [sid for sid, _ in jobs], sampler=sampler, scorer=scorer, cfg=cfg, phase=phase, clock=clock)
 
 
 def serve(gens, ids: Sequence[str], *, sampler, scorer, cfg: EStepConfig, phase: str,

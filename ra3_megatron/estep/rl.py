@@ -31,7 +31,6 @@ from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.rl_example import RLExample
 from ra3_megatron.estep.search import PositionGroup
 from ra3_megatron.estep.stats import SearchStats
-from ra3_megatron.megatron.cpu_shims import device_mode_suspended
 from ra3_megatron.rollout.base import ScoreGroup, ScoreOption, engines_asleep
 
 T = TypeVar("T")
@@ -165,8 +164,7 @@ def engine_logprobs(engine, batch: Batch) -> Any:
         groups.append(ScoreGroup(tuple(seq[: first + 1]), (ScoreOption((), tuple(seq[first + 1 :])),)))
         rows.append((r, first, last))
     out = torch.zeros_like(batch["loss_mask"], dtype=torch.float32)
-    with device_mode_suspended():  # an engine call, like the searches' (estep.batch)
-        answers = engine.score_groups(groups)
+    answers = engine.score_groups(groups)
     for (r, first, last), scores in zip(rows, answers):
         out[r, first:last] = torch.tensor(scores[0], dtype=torch.float32)
     return out

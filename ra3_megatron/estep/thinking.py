@@ -137,7 +137,6 @@ def read_snippets(snippets, engine, cfg: EStepConfig, *, mode: Mode, samples: in
     """Per snippet (id, text), its readings (`samples` of them in mode "think", else one), with
     the one engine answering every request (decisions, thoughts and the code's log-probs)."""
     from ra3_megatron.estep.batch import serve
-    from ra3_megatron.megatron.cpu_shims import device_mode_suspended
 
     codec = Codec(engine.tokenizer)
     n = samples if mode == "think" else 1
@@ -146,8 +145,7 @@ def read_snippets(snippets, engine, cfg: EStepConfig, *, mode: Mode, samples: in
         for s in range(n):
             jobs.append(f"{sid}@{s}")
             gens.append(read_steps(sid, text, codec, cfg, mode=mode, given=(given or {}).get(sid), sample=s))
-    with device_mode_suspended():
-        flat = serve(gens, jobs, sampler=engine, scorer=engine, cfg=cfg, phase="read", clock=clock)
+    flat = serve(gens, jobs, sampler=engine, scorer=engine, cfg=cfg, phase="read", clock=clock)
     return [flat[i * n : (i + 1) * n] for i in range(len(snippets))]
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 
+from ra3_megatron.rollout.common import engine_context, suspend_during_engine_calls
+
 _APPLIED = False
 _MODE = None
 
@@ -143,24 +145,18 @@ def _enter_device_mode(torch) -> None:
 
     _MODE = CudaToCpuMode()
     _MODE.__enter__()  # stays on for the life of the process
+    suspend_during_engine_calls(_MODE)  # rollout engines switch it off inside their calls
 
 
-@contextlib.contextmanager
 def device_mode_suspended():
-    """Run torch ops without the device mode (patch 4) inside the block; a no-op when it is off.
+    """A block of torch ops without the device mode (patch 4); a no-op when it is off.
 
-    The mode is a Python `__torch_function__` on every torch call of the process. Code that
-    never names a CUDA device (the rollout engines of the E-step, which share a process with
-    the Megatron trainer of q) runs thousands of small ops per second, and pays for it.
+    The mode is a Python `__torch_function__` on every torch call of the process. The rollout
+    engines, which share a process with the Megatron trainer of q, run thousands of small ops
+    per second and switch it off inside their own calls (`rollout.common.engine_call`); this is
+    the same switch for other code that never names a CUDA device.
     """
-    from torch.overrides import _get_current_function_mode_stack, _pop_mode_temporarily
-
-    stack = _get_current_function_mode_stack()
-    if _MODE is None or not stack or stack[-1] is not _MODE:  # off, or another mode above it
-        yield
-        return
-    with _pop_mode_temporarily():  # only this mode: tensor subclasses keep their own dispatch
-        yield
+    return engine_context()
 
 
 def _manager_dies_with_its_rank() -> None:

@@ -37,7 +37,6 @@ from ra3_megatron.core.rewards import group_advantages
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.rl import engine_logprobs
 from ra3_megatron.estep.stats import atomic_write_text
-from ra3_megatron.megatron.cpu_shims import device_mode_suspended
 from ra3_megatron.rlvr.batch import batch_from_rows, logprob_gap, rollout_stats, rows_from_rollouts
 from ra3_megatron.rlvr.config import GRPOConfig
 from ra3_megatron.rlvr.problems import Problem
@@ -79,8 +78,7 @@ def generate(engine, problems: Sequence[Problem], sampling: SamplingConfig, seed
     for stop, idx in by_stop.items():
         cfg = dataclasses.replace(sampling, stop=stop)
         configs = cfg if seeds is None else [dataclasses.replace(cfg, seed=seeds[i]) for i in idx]
-        with device_mode_suspended():  # an engine call: no torch hook per op (megatron.cpu_shims)
-            answers = engine.generate([ids[i] for i in idx], configs)
+        answers = engine.generate([ids[i] for i in idx], configs)
         for i, comps in zip(idx, answers):
             out[i] = comps
     return ids, out

@@ -7,7 +7,49 @@ token put it in the ids themselves.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
+
+# Process-wide torch function modes that engine calls run without. Megatron's CPU shims push one
+# for the life of the process once a Megatron model exists (it maps CUDA device arguments to the
+# CPU); engines never name a CUDA device, and each of their many small torch ops would pay for the
+# Python hook. The shims register their mode here (megatron imports rollout, never the reverse).
+_SUSPENDED_MODES: list = []
+
+
+def suspend_during_engine_calls(mode) -> None:
+    """Engine calls run with `mode` popped whenever it is the innermost torch function mode."""
+    if not any(m is mode for m in _SUSPENDED_MODES):
+        _SUSPENDED_MODES.append(mode)
+
+
+@contextlib.contextmanager
+def engine_context():
+    """The block runs without a registered mode on top of torch's mode stack (a no-op otherwise:
+    a mode pushed above it by someone else is left alone, and so is the registered one under it)."""
+    if not _SUSPENDED_MODES:
+        yield
+        return
+    from torch.overrides import _get_current_function_mode_stack, _pop_mode_temporarily
+
+    stack = _get_current_function_mode_stack()
+    if not stack or not any(stack[-1] is m for m in _SUSPENDED_MODES):
+        yield
+        return
+    with _pop_mode_temporarily():  # only this mode: tensor subclasses keep their own dispatch
+        yield
+
+
+def engine_call(method):
+    """Decorator for an engine's public methods: they run in `engine_context()`."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with engine_context():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def prompt_ids(tokenizer, prompt: str | Sequence[int]) -> list[int]:

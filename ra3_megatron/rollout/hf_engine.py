@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ra3_megatron.errors import InputError
 from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
-from ra3_megatron.rollout.common import prompt_ids, split_overrides
+from ra3_megatron.rollout.common import engine_call, prompt_ids, split_overrides
 from ra3_megatron.rollout.hf_sampling import probe_logprobs, sample_batched, sample_rows, sequence_logprobs
 from ra3_megatron.rollout.kv_store import PrefixKVStore
 from ra3_megatron.rollout.onednn import onednn_linears
@@ -77,6 +77,7 @@ class HFEngine:
         self.store = PrefixKVStore(cfg.prefix_store_mb << 20) if cfg.prefix_store_mb > 0 else None
 
     # -- sampling ---------------------------------------------------------------------------
+    @engine_call
     def generate(
         self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig | Sequence[SamplingConfig]
     ) -> list[list[Completion]]:
@@ -123,12 +124,14 @@ class HFEngine:
                 rows, longest = r, L
         return chunks
 
+    @engine_call
     def token_logprobs_at(self, ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int]) -> list[float]:
         """log p(tokens[i] | ids[:positions[i]]): the E-step's decision probes, from one pass
         over ids whose K/V the store keeps for the thought prompts that follow."""
         with torch.inference_mode(), onednn_linears(self.model, self.config.onednn):
             return probe_logprobs(self.model, ids, positions, tokens, self.store)
 
+    @engine_call
     def sequence_logprobs(self, ids: Sequence[int], start: int) -> list[float]:
         """log p(ids[i] | ids[:i]) for i >= start, from one pass: the E-step's `<act>` scores."""
         dtype = getattr(torch, self.config.score_matmul_dtype)
@@ -140,6 +143,7 @@ class HFEngine:
         return sample_rows(logits, cfg, [gen], [0] * logits.shape[0])
 
     # -- scoring ----------------------------------------------------------------------------
+    @engine_call
     def score_groups(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:
         if self.config.scorer == "naive":
             return score_groups_naive(self.model, groups)
@@ -148,6 +152,7 @@ class HFEngine:
         return score_groups_prefix_cache(self.model, groups, scfg, store=self.store)
 
     # -- weights ----------------------------------------------------------------------------
+    @engine_call
     def load_weights(self, hf_dir: str) -> None:
         t0 = time.perf_counter()
         load_state_dict_from_dir(self.model, hf_dir)

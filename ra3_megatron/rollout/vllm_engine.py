@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
-from ra3_megatron.rollout.common import prompt_ids, release_cuda_memory, split_overrides
+from ra3_megatron.rollout.common import engine_call, prompt_ids, release_cuda_memory, split_overrides
 from ra3_megatron.rollout.kv_store import PrefixKVStore
 
 
@@ -216,6 +216,7 @@ class VLLMEngine:
         self.reload_seconds: list[float] = []
         self.rescored_without_cache = 0  # requests whose cache hit covered a scored position
 
+    @engine_call
     def sleep(self) -> None:
         """Free the KV cache and offload the weights (vLLM sleep level 1) while a trainer needs the
         GPU; a no-op without sleep mode (CPU, where vLLM's sleep does nothing)."""
@@ -223,6 +224,7 @@ class VLLMEngine:
             self.llm.sleep(level=1)
             self.asleep = True
 
+    @engine_call
     def wake_up(self) -> None:
         if self.asleep:
             self.llm.wake_up()
@@ -247,6 +249,7 @@ class VLLMEngine:
                 load_state_dict_from_dir(model, self._weights_dir)
             self.scorer_model = model if self.on_cpu else model.to("cuda")
 
+    @engine_call
     def generate(
         self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig | Sequence[SamplingConfig]
     ) -> list[list[Completion]]:
@@ -281,6 +284,7 @@ class VLLMEngine:
             out.append(comps)
         return out
 
+    @engine_call
     def score_groups(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:
         if self.scorer_model is not None:
             from ra3_megatron.rollout.prefix_scorer import score_groups_prefix_cache
@@ -338,6 +342,7 @@ class VLLMEngine:
             scores.append(per)
         return scores
 
+    @engine_call
     def load_weights(self, hf_dir: str) -> None:
         t0 = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(hf_dir)})
