@@ -91,11 +91,11 @@ def trainer_factory(args: argparse.Namespace, cfg: EStepConfig):
 
     def make(model_dir: str):
         if kind == "torch":
-            from ra3_megatron.estep.torch_trainer import TorchPolicyTrainer
+            from ra3_megatron.rl.torch_trainer import TorchPolicyTrainer
 
             return TorchPolicyTrainer(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
                                       micro_batch=cfg.micro_batch, seed=cfg.seed, threads=args.threads)
-        from ra3_megatron.estep.megatron_trainer import MegatronPolicyTrainer
+        from ra3_megatron.rl.megatron_trainer import MegatronPolicyTrainer
 
         mbs = min(cfg.micro_batch, 4)
         return MegatronPolicyTrainer.from_hf(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,

@@ -70,12 +70,12 @@ def make_engine(backend: str, model_dir: str, threads: int | None = None, eager:
 def make_trainer(kind: str, model_dir: str, cfg: GRPOConfig, threads: int | None = None):
     """The E-step's PolicyTrainer implementations, configured for GRPO."""
     if kind == "torch":
-        from ra3_megatron.estep.torch_trainer import TorchPolicyTrainer
+        from ra3_megatron.rl.torch_trainer import TorchPolicyTrainer
 
         return TorchPolicyTrainer(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
                                   micro_batch=cfg.micro_batch, rows_per_update=cfg.rows_per_update or None,
                                   seed=cfg.seed, threads=threads)
-    from ra3_megatron.estep.megatron_trainer import MegatronPolicyTrainer
+    from ra3_megatron.rl.megatron_trainer import MegatronPolicyTrainer
 
     mbs = cfg.micro_batch
     rows = cfg.rows_per_update or cfg.prompts_per_step * cfg.samples

@@ -20,8 +20,8 @@ from ra3_megatron.core.latent import InfusedSnippet, Thought
 from ra3_megatron.data.records import manifest_shards
 from ra3_megatron.errors import InputError
 from ra3_megatron.estep.config import EStepConfig
-from ra3_megatron.estep.stats import atomic_write_text
 from ra3_megatron.estep.thinking import candidate_lines
+from ra3_megatron.files import atomic_write_text
 
 
 def read_infused(estep_dir: str | Path) -> list[InfusedSnippet]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ra3_megatron.compare.config import CompareConfig
 from ra3_megatron.compare.stats import paired_ce_diff, paired_rate_diff, pooled_ce_interval
-from ra3_megatron.estep.stats import atomic_write_text
+from ra3_megatron.files import atomic_write_text
 
 PAIRS = (("ra3", "ntp"), ("shuffled", "ntp"), ("null", "ntp"), ("ra3", "shuffled"), ("ra3", "null"))
 

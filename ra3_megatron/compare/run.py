@@ -29,7 +29,7 @@ from ra3_megatron.compare.measure import measure_arm
 from ra3_megatron.errors import InputError
 from ra3_megatron.estep.em import EMConfig, EMState, run_em
 from ra3_megatron.estep.em_phases import mstep_overrides, resolve_phase
-from ra3_megatron.estep.stats import atomic_write_text
+from ra3_megatron.files import atomic_write_text
 
 
 def _log(msg: str) -> None:

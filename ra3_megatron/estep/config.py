@@ -62,7 +62,7 @@ class EStepConfig:
     end_token_in_loss: bool = True  # a thought's loss also covers the sampled token that ended it (its newline)
     max_rl_tokens: int = 2048  # RL examples longer than this lose the start of their prefix
     # How the step's examples become trainer rows: "tree": examples sharing a prefix in one row,
-    # the prefix computed once (`estep.tree_rows`; trainers that can, else "fold"); "fold": an
+    # the prefix computed once (`rl.tree_rows`; trainers that can, else "fold"); "fold": an
     # example that begins another rides in its row; "plain": one row per example. (ours)
     rl_rows: Literal["tree", "fold", "plain"] = "tree"
     # A tree row takes branches while it stays within this many tokens (its attention costs grow

@@ -9,8 +9,8 @@ weights and most prefixes already, or from a trainer forward pass) and, with a K
 `ref_logprobs` (log pi(label) from the scorer engine: q starts as a copy of pi).
 Groups whose advantages are all zero carry no signal and are dropped.
 
-Trainers implement `PolicyTrainer` (`estep.torch_trainer`: torch/transformers, `estep.megatron_trainer`:
-the MegatronEngine with the policy-gradient loss). After every step the new weights go to the
+The batch layout, the examples and the trainers (`PolicyTrainer`: `rl.torch_trainer`,
+`rl.megatron_trainer`) are shared with GRPO in `ra3_megatron.rl`. After every step the new weights go to the
 rollout engine that samples q: `trainer.export_weights(dir)` then `sampler.load_weights(dir)`.
 """
 
@@ -23,38 +23,24 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
-from ra3_megatron.estep import tree_rows
 from ra3_megatron.estep.batch import run_searches
 from ra3_megatron.estep.config import EStepConfig
-from ra3_megatron.estep.rl_example import RLExample
 from ra3_megatron.estep.search import PositionGroup
 from ra3_megatron.estep.stats import SearchStats
-from ra3_megatron.rollout.base import ScoreGroup, ScoreOption, engines_asleep
+from ra3_megatron.rl import tree_rows
+from ra3_megatron.rl.batch import (
+    Batch,
+    PolicyTrainer,
+    RLExample,
+    build_batch,
+    engine_logprobs,
+    fold_prefixes,
+)
+from ra3_megatron.rollout.base import engines_asleep
 
 T = TypeVar("T")
-
-Batch = dict[str, Any]
-
-
-@runtime_checkable
-class PolicyTrainer(Protocol):
-    def logprobs(self, batch: Batch) -> Any:
-        """log q(labels) per position, [B, s] float32, under the current weights (no update)."""
-        ...
-
-    def step(self, batch: Batch) -> dict[str, float]:
-        """One RL update on the batch; returns metrics (at least "loss")."""
-        ...
-
-    def export_weights(self, out_dir: str | Path) -> None:
-        """The current weights as an HF checkpoint dir (safetensors + config + tokenizer)."""
-        ...
-
-    def close(self) -> None:
-        """Release the model, the optimizer and any process group the trainer created."""
-        ...
 
 
 def examples_from_groups(groups: Iterable[PositionGroup], max_tokens: int, fold: bool = True) -> list[RLExample]:
@@ -74,106 +60,10 @@ def examples_from_groups(groups: Iterable[PositionGroup], max_tokens: int, fold:
     return fold_prefixes(out) if fold else out
 
 
-def fold_prefixes(examples: Sequence[RLExample]) -> list[RLExample]:
-    """Fold every example whose tokens begin another example (and end before that one's loss
-    starts) into that one's row: one row then trains both, with the same log-probs (attention
-    is causal) and the same loss (a token sum), on fewer tokens.
-
-    Why it pays: the E-step walks a snippet left to right, so the prefix at a later position is
-    the infused text so far; `<act>`'s example (prefix + the decision token) and the chosen
-    thought's example at every earlier position are prefixes of every later example of the
-    snippet. Unfolded, each carries the whole prefix again: most of an RL step's tokens.
-    In lexicographic order, the examples that begin with A follow A in one run, so A folds into
-    its successor when it begins it; chains fold through."""
-    order = sorted(range(len(examples)), key=lambda i: examples[i].tokens)
-    hosts: dict[int, RLExample] = {}  # original index -> the row it became
-    carry: tuple[tuple[int, int, float], ...] = ()
-    for k, i in enumerate(order):
-        e = examples[i]
-        e = RLExample(e.tokens, e.loss_from, e.advantage, (*carry, *e.folded))
-        nxt = examples[order[k + 1]] if k + 1 < len(order) else None
-        n = len(e.tokens)
-        if nxt is not None and len(nxt.tokens) > n and nxt.tokens[:n] == e.tokens and nxt.loss_from >= n:
-            carry = tuple(e.spans())
-        else:
-            carry = ()
-            hosts[i] = e
-    return [hosts[i] for i in sorted(hosts)]  # the rows in the examples' order
-
-
-def build_batch(examples: Sequence[RLExample], pad_id: int = 0, multiple: int = 16) -> Batch:
-    """Pad the examples into the [B, s] batch layout (s a multiple of `multiple`)."""
-    import torch
-
-    if not examples:
-        raise ValueError("build_batch needs at least one example")
-    longest = max(len(e.tokens) - 1 for e in examples)
-    s = -(-longest // multiple) * multiple
-    b = len(examples)
-    tokens = torch.full((b, s), pad_id, dtype=torch.long)
-    labels = torch.full((b, s), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, s), dtype=torch.float32)
-    adv = torch.zeros((b, s), dtype=torch.float32)
-    for r, e in enumerate(examples):
-        n = len(e.tokens) - 1
-        tokens[r, :n] = torch.tensor(e.tokens[:-1])
-        labels[r, :n] = torch.tensor(e.tokens[1:])
-        for start, end, advantage in e.spans():
-            mask[r, start - 1 : end - 1] = 1.0  # label j is token j + 1
-            adv[r, start - 1 : end - 1] = advantage
-    position_ids = torch.arange(s).unsqueeze(0).expand(b, s).contiguous()
-    return {"tokens": tokens, "labels": labels, "loss_mask": mask, "position_ids": position_ids,
-            "advantages": adv}
-
-
-def trim(batch: Batch, multiple: int = 16) -> Batch:
-    """The batch cut after its last loss position (rounded up to `multiple`): with causal
-    attention the later columns change nothing, so a slice of short rows skips their padding."""
-    import torch
-
-    cols = batch["loss_mask"].nonzero()
-    if len(cols) == 0:
-        return batch
-    s = int(batch["loss_mask"].shape[1])
-    n = min(s, -(-(int(cols[:, 1].max()) + 1) // multiple) * multiple)
-
-    def cut(v):
-        if not torch.is_tensor(v):
-            return v
-        if v.dim() == 4:  # attention_mask [b, 1, s, s]
-            return v[:, :, :n, :n].contiguous()
-        return v[:, :n].contiguous() if v.dim() == 2 else v
-
-    return {k: cut(v) for k, v in batch.items()}
-
-
-def engine_logprobs(engine, batch: Batch) -> Any:
-    """log p(labels) per position from a rollout engine, [B, s]; 0 outside [first, last] loss
-    position of each row. The tokens before a row's first loss position are a search prefix, so
-    an engine with a prefix store (the transformers backend) computes only the rest (a folded
-    row's later options score the code between them too, which costs a little, not the prefix)."""
-    import torch
-
-    groups, rows = [], []
-    for r in range(batch["tokens"].shape[0]):
-        valid = batch["loss_mask"][r].nonzero()
-        if len(valid) == 0:
-            continue
-        first, last = int(valid[0]), int(valid[-1]) + 1
-        seq = [int(batch["tokens"][r, 0]), *batch["labels"][r, :last].tolist()]  # seq[j + 1] = label j
-        groups.append(ScoreGroup(tuple(seq[: first + 1]), (ScoreOption((), tuple(seq[first + 1 :])),)))
-        rows.append((r, first, last))
-    out = torch.zeros_like(batch["loss_mask"], dtype=torch.float32)
-    answers = engine.score_groups(groups)
-    for (r, first, last), scores in zip(rows, answers):
-        out[r, first:last] = torch.tensor(scores[0], dtype=torch.float32)
-    return out
-
-
 def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: PolicyTrainer, cfg: EStepConfig,
                  pad_id: int) -> tuple[Batch, dict[str, Any]]:
     """The step's batch with old (and, with KL, reference) log-probs: tree rows when the config
-    asks for them and the trainer can train them (`estep.tree_rows`), else one row per example.
+    asks for them and the trainer can train them (`rl.tree_rows`), else one row per example.
     Engine log-probs are computed on the linear rows (engines score sequences) and moved over.
     Returns the batch and its record: rows, tokens they hold (padding aside), layout."""
 

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ra3_megatron.files import atomic_write_text
+
 
 @dataclass
 class SearchStats:
@@ -86,17 +88,6 @@ class SearchStats:
             "discarded_share": ratio(self.discarded, self.rollouts + self.discarded),
             "comment_position_share": ratio(self.comment_positions, self.lines),
         }
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to path.tmp, fsync, rename: readers see the old file or the whole new one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_tensorboard(log_dir: str | os.PathLike, series: dict[str, list[tuple[int, float]]]) -> bool:

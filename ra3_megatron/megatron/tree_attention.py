@@ -1,7 +1,7 @@
 """Per-token RoPE positions and explicit attention masks for Megatron-Core GPT chunks.
 
 Megatron-Core's GPTModel rotates every row by positions 0..s-1 and ignores `position_ids` under
-RoPE. The E-step's tree rows (`estep.tree_rows`) put a branch's tokens at their positions in
+RoPE. The E-step's tree rows (`rl.tree_rows`) put a branch's tokens at their positions in
 their own example, so `use_position_ids_for_rope(chunks)` makes each chunk's RotaryEmbedding
 return the table at the batch's `position_ids` ([s, b, 1, d], which the unfused RoPE kernel
 broadcasts over heads). It patches the instance's `forward` (state dicts and weight export see

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ra3_megatron.estep.rl import RLExample, build_batch
+from ra3_megatron.rl.batch import RLExample, build_batch
 from ra3_megatron.rollout.base import Completion
 
 

@@ -35,8 +35,8 @@ import numpy as np
 
 from ra3_megatron.core.rewards import group_advantages
 from ra3_megatron.errors import ConfigError
-from ra3_megatron.estep.rl import engine_logprobs
-from ra3_megatron.estep.stats import atomic_write_text
+from ra3_megatron.files import atomic_write_text
+from ra3_megatron.rl.batch import engine_logprobs
 from ra3_megatron.rlvr.batch import batch_from_rows, logprob_gap, rollout_stats, rows_from_rollouts
 from ra3_megatron.rlvr.config import GRPOConfig
 from ra3_megatron.rlvr.problems import Problem

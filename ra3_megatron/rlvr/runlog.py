@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ra3_megatron.estep.stats import atomic_write_text
+from ra3_megatron.files import atomic_write_text
 
 _GROUPS = {
     "rollout": ("reward_mean", "reward_std", "pass_rate", "signal_groups", "response_tokens", "truncated"),

@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from ra3_megatron.estep.pieces import Codec, cut_pieces, think_marker, thought_middle
-from ra3_megatron.estep.rl import build_batch, engine_logprobs, examples_from_groups
+from ra3_megatron.estep.rl import examples_from_groups
 from ra3_megatron.estep.search import Option, PositionGroup
+from ra3_megatron.rl.batch import build_batch, engine_logprobs
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def _masked_mean(logp, batch, row):
 def test_torch_trainer_moves_tokens_by_advantage_and_syncs_weights(tiny_model_dir, tmp_path):
     import torch
 
-    from ra3_megatron.estep.torch_trainer import TorchPolicyTrainer
+    from ra3_megatron.rl.torch_trainer import TorchPolicyTrainer
     from ra3_megatron.rollout.base import create_engine
 
     torch.manual_seed(0)
@@ -74,7 +75,7 @@ def test_kl_term_is_reported_and_pulls_back(tiny_model_dir):
     import torch
     from transformers import AutoTokenizer
 
-    from ra3_megatron.estep.torch_trainer import TorchPolicyTrainer
+    from ra3_megatron.rl.torch_trainer import TorchPolicyTrainer
 
     trainer = TorchPolicyTrainer(tiny_model_dir, lr=3e-3, kl_coef=0.5, threads=1)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -90,8 +91,8 @@ def test_kl_term_is_reported_and_pulls_back(tiny_model_dir):
 @pytest.fixture
 def megatron_trainer(tiny_model_dir):
     pytest.importorskip("megatron.core")
-    from ra3_megatron.estep.megatron_trainer import MegatronPolicyTrainer
     from ra3_megatron.megatron.parallel import destroy_distributed
+    from ra3_megatron.rl.megatron_trainer import MegatronPolicyTrainer
 
     trainer = MegatronPolicyTrainer.from_hf(
         tiny_model_dir, lr=3e-3, micro_batch=2, rows_per_update=4, seq_length=512
@@ -103,7 +104,7 @@ def megatron_trainer(tiny_model_dir):
 def test_megatron_rl_step_matches_and_syncs(megatron_trainer, tiny_model_dir, tmp_path):
     import torch
 
-    from ra3_megatron.estep.torch_trainer import TorchPolicyTrainer
+    from ra3_megatron.rl.torch_trainer import TorchPolicyTrainer
     from ra3_megatron.rollout.base import create_engine
 
     engine = create_engine("hf", model=str(tiny_model_dir))
@@ -179,7 +180,7 @@ def test_tree_rows_train_like_separate_rows_in_megatron(megatron_trainer, tiny_m
     token's own position) gives the separate rows' log-probs, and the same update."""
     import torch
 
-    from ra3_megatron.estep import tree_rows
+    from ra3_megatron.rl import tree_rows
     from ra3_megatron.rollout.base import create_engine
 
     assert megatron_trainer.supports_tree_rows  # local attention on CPU
@@ -229,7 +230,7 @@ def _step_twice_with_a_restart(make, batch, tmp_path):
 def test_torch_trainer_resumes_with_its_adam_moments(tiny_model_dir, tmp_path):
     """A restarted trainer continues exactly as one that never stopped; without the optimizer
     state (fresh moments) its next losses differ."""
-    from ra3_megatron.estep.torch_trainer import TorchPolicyTrainer
+    from ra3_megatron.rl.torch_trainer import TorchPolicyTrainer
     from ra3_megatron.rollout.base import create_engine
 
     tok = create_engine("hf", model=str(tiny_model_dir)).tokenizer
@@ -248,8 +249,8 @@ def test_torch_trainer_resumes_with_its_adam_moments(tiny_model_dir, tmp_path):
 
 def test_megatron_trainer_resumes_with_its_optimizer_state(tiny_model_dir, tmp_path):
     pytest.importorskip("megatron.core")
-    from ra3_megatron.estep.megatron_trainer import MegatronPolicyTrainer
     from ra3_megatron.megatron.parallel import destroy_distributed
+    from ra3_megatron.rl.megatron_trainer import MegatronPolicyTrainer
     from ra3_megatron.rollout.base import create_engine
 
     tok = create_engine("hf", model=str(tiny_model_dir)).tokenizer
@@ -272,8 +273,8 @@ def test_megatron_trainer_close_tears_down_the_group_it_created(tiny_model_dir):
     pytest.importorskip("megatron.core")
     import torch.distributed as dist
 
-    from ra3_megatron.estep.megatron_trainer import MegatronPolicyTrainer
     from ra3_megatron.megatron.parallel import destroy_distributed
+    from ra3_megatron.rl.megatron_trainer import MegatronPolicyTrainer
 
     destroy_distributed()  # whatever an earlier test left
     trainer = MegatronPolicyTrainer.from_hf(tiny_model_dir, lr=1e-3, micro_batch=2, rows_per_update=4, seq_length=64)

@@ -48,7 +48,7 @@ def test_planted_reward_in_the_sandbox(verifier):
 
 def test_grpo_raises_the_reward_of_the_planted_task(tiny_model_dir, tmp_path, verifier):
     """A random-init tiny model: ~2% of its one-token completions pass at first; GRPO must make most pass."""
-    from ra3_megatron.estep.torch_trainer import TorchPolicyTrainer
+    from ra3_megatron.rl.torch_trainer import TorchPolicyTrainer
     from ra3_megatron.rollout.base import create_engine
 
     cfg = GRPOConfig(
@@ -113,7 +113,7 @@ class _FailingAt:
 
 def test_crash_and_resume_with_kl(tiny_model_dir, tmp_path, verifier):
     """Fake rollouts + torch trainer + KL to a reference engine; a crash in step 3, then a resume."""
-    from ra3_megatron.estep.torch_trainer import TorchPolicyTrainer
+    from ra3_megatron.rl.torch_trainer import TorchPolicyTrainer
     from ra3_megatron.rollout.base import create_engine
 
     cfg = GRPOConfig(

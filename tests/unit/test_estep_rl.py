@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ra3_megatron.estep.rl import build_batch, examples_from_groups
+from ra3_megatron.estep.rl import examples_from_groups
 from ra3_megatron.estep.search import Option, PositionGroup
+from ra3_megatron.rl.batch import build_batch
 
 pytestmark = pytest.mark.unit
 
@@ -57,7 +58,7 @@ def test_build_batch_needs_examples():
 
 
 def test_trim_cuts_after_the_last_loss_position():
-    from ra3_megatron.estep.rl import trim
+    from ra3_megatron.rl.batch import trim
 
     examples = examples_from_groups([_group()], max_tokens=100)
     batch = build_batch(examples, pad_id=0, multiple=4)
@@ -147,7 +148,7 @@ def _loss_events(batch):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_folding_prefix_examples_keeps_every_loss_token_and_its_advantage(seed):
-    from ra3_megatron.estep.rl import fold_prefixes
+    from ra3_megatron.rl.batch import fold_prefixes
 
     groups = _walk(seed)
     plain = examples_from_groups(groups, max_tokens=1000, fold=False)
@@ -162,7 +163,7 @@ def test_folding_prefix_examples_keeps_every_loss_token_and_its_advantage(seed):
 
 
 def test_an_example_is_not_folded_into_one_whose_loss_overlaps_it_or_an_identical_one():
-    from ra3_megatron.estep.rl import RLExample, fold_prefixes
+    from ra3_megatron.rl.batch import RLExample, fold_prefixes
 
     a = RLExample(tokens=(1, 2, 3), loss_from=2, advantage=0.5)
     overlapping = RLExample(tokens=(1, 2, 3, 4), loss_from=2, advantage=-0.5)  # loss from token 2 too

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from ra3_megatron.estep.rl import RLExample, build_batch, examples_from_groups
-from ra3_megatron.estep.tree_rows import build_tree_batch, linear_positions, move, plan_trees
+from ra3_megatron.estep.rl import examples_from_groups
+from ra3_megatron.rl.batch import RLExample, build_batch
+from ra3_megatron.rl.tree_rows import build_tree_batch, linear_positions, move, plan_trees
 
 pytestmark = pytest.mark.unit
 

@@ -20,10 +20,11 @@ PACKAGE = Path(ra3_megatron.__file__).parent
 
 # Lowest first. A subpackage may import from its own layer and the layers below it.
 LAYERS = [
-    {"errors", "overrides"},
+    {"errors", "overrides", "files", "process"},
     {"core", "models"},
     {"data", "rollout"},
     {"megatron", "eval"},
+    {"rl"},
     {"estep"},
     {"rlvr", "compare"},
     {"integrations", "recipes"},

@@ -57,7 +57,7 @@ class TorchPolicyTrainer:
         return out.masked_scatter(sel, picked)
 
     def _slices(self, batch: dict[str, Any]):
-        from ra3_megatron.estep.rl import trim
+        from ra3_megatron.rl.batch import trim
 
         b = batch["tokens"].shape[0]
         for i in range(0, b, self.micro_batch):

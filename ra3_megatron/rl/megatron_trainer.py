@@ -8,7 +8,7 @@ new weights leave through `engine.save_hf` for the rollout engine.
 One RL batch is split into optimizer steps of `rows_per_update` rows (the engine's global batch),
 each cut into the engine's micro-batches (`_updates`: without a pipeline each is trimmed to its
 own rows; rows without loss fill what a step lacks and add no loss and no tokens). Tree rows
-(`estep.tree_rows`) are trained when the attention applies explicit masks (`supports_tree_rows`).
+(`rl.tree_rows`) are trained when the attention applies explicit masks (`supports_tree_rows`).
 Runs on one rank (`ra3 estep --trainer megatron`); when the E-step workers are the ranks of a torchrun
 job, worker 0 trains q in a process group of its own (the other workers only infuse).
 
@@ -56,7 +56,7 @@ class MegatronPolicyTrainer:
         self.tokenizer_dir = tokenizer_dir
         self.rows_per_update = engine.cfg.global_batch_size
         self.steps = 0
-        # Tree rows (estep.tree_rows) need an attention that applies the batch's mask and RoPE at
+        # Tree rows (rl.tree_rows) need an attention that applies the batch's mask and RoPE at
         # the batch's position ids: Megatron's local attention, not Transformer Engine's.
         from ra3_megatron.megatron.tree_attention import honours_attention_mask, use_position_ids_for_rope
 
@@ -120,7 +120,7 @@ class MegatronPolicyTrainer:
         pipeline a slice is one micro-batch; a pipeline needs equal shapes within its update."""
         import torch
 
-        from ra3_megatron.estep.rl import trim
+        from ra3_megatron.rl.batch import trim
 
         out = torch.zeros(batch["loss_mask"].shape, dtype=torch.float32)
         rows = int(out.shape[0])
@@ -139,7 +139,7 @@ class MegatronPolicyTrainer:
         there the last step is filled with copies of a row whose loss mask is zero."""
         import torch
 
-        from ra3_megatron.estep.rl import trim
+        from ra3_megatron.rl.batch import trim
 
         rows = int(batch["tokens"].shape[0])
         keys = [k for k, v in batch.items() if torch.is_tensor(v)]
@@ -163,7 +163,7 @@ class MegatronPolicyTrainer:
     def _micro(part: dict[str, Any], rows: range) -> dict[str, Any]:
         import torch
 
-        from ra3_megatron.estep.rl import trim
+        from ra3_megatron.rl.batch import trim
 
         if len(rows):
             return trim({k: v[rows.start : rows.stop] for k, v in part.items()})
