@@ -4,7 +4,7 @@
            [E-step flags: --penalty 0.05 --samples 4 --horizon 4 --rl-steps 2 --backend hf ...] \\
            [--mstep-arg steps=200 --mstep-arg global_batch_size=16 ...] [--nproc 2]
 
-Run layout and resume rules: see `ra3_megatron.estep.em`. Rerun the same command to resume an
+Run layout and resume rules: see `ra3_megatron.em.loop`. Rerun the same command to resume an
 interrupted run at the phase where it stopped; raising --iterations continues a finished run.
 `--mstep module:function` (and `--prepare`) plug in another M-step (tests use a fake one).
 """
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ra3_megatron.estep.em import EMConfig, run_em
+    from ra3_megatron.em.loop import EMConfig, run_em
 
     estep = estep_config_from_args(args)
     cfg = EMConfig(model=args.model, input=args.input, run_dir=args.run_dir, iterations=args.iterations,

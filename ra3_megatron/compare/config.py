@@ -26,7 +26,7 @@ class CompareConfig:
     arms: tuple[str, ...] = BASE_ARMS
     penalties: tuple[float, ...] = ()  # extra RA3 arms at these penalties c (the c ablation)
     iterations: int = 1  # EM rounds of the RA3 arm(s)
-    init: str = "previous"  # the RA3 M-step's start in later rounds (see estep.em)
+    init: str = "previous"  # the RA3 M-step's start in later rounds (see em.loop)
     estep: EStepConfig = field(default_factory=EStepConfig)
     prepare: str = "ra3"
     prepare_args: list[str] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """The comparison's driver: train every arm, read every arm, write the report. Resumable.
 
     OUT/state.json                 finished phases (a rerun skips them; the config must match)
-    OUT/arms/ra3/                  the RA3 arm's EM run dir (`estep.em` layout)
+    OUT/arms/ra3/                  the RA3 arm's EM run dir (`em.loop` layout)
     OUT/arms/ra3_c0.2/             an ablation arm's EM run dir
     OUT/arms/<control>/records.jsonl, data/, mstep/    a control arm (ntp, shuffled, null)
     OUT/arms/<arm>/train.json      steps and code tokens its M-step trained on
@@ -26,9 +26,9 @@ from typing import Any
 from ra3_megatron.compare.arms import arm_records, read_infused, write_records
 from ra3_megatron.compare.config import THINKING, CompareConfig, ablation_arm
 from ra3_megatron.compare.measure import measure_arm
+from ra3_megatron.em.loop import EMConfig, EMState, run_em
+from ra3_megatron.em.phases import mstep_overrides, resolve_phase
 from ra3_megatron.errors import InputError
-from ra3_megatron.estep.em import EMConfig, EMState, run_em
-from ra3_megatron.estep.em_phases import mstep_overrides, resolve_phase
 from ra3_megatron.files import atomic_write_text
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
+from ra3_megatron.em.loop import EMConfig
 from ra3_megatron.estep.config import EStepConfig
-from ra3_megatron.estep.em import EMConfig
 from ra3_megatron.recipes.registry import RA3Recipe
 
 

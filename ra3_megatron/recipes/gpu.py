@@ -8,8 +8,8 @@ Megatron. M-step: torchrun over 8 GPUs, Transformer Engine, bf16 (FP8 on the 8B 
 
 from __future__ import annotations
 
+from ra3_megatron.em.loop import EMConfig
 from ra3_megatron.estep.config import EStepConfig
-from ra3_megatron.estep.em import EMConfig
 from ra3_megatron.recipes.registry import RA3Recipe
 
 

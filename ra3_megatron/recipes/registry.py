@@ -6,8 +6,8 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ra3_megatron.em.loop import EMConfig
 from ra3_megatron.errors import ConfigError
-from ra3_megatron.estep.em import EMConfig
 
 
 @dataclass(kw_only=True)

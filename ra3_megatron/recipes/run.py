@@ -25,7 +25,7 @@ def run_recipe(recipe: RA3Recipe, *, log=print) -> dict[str, Any]:
     import dataclasses
 
     from ra3_megatron.cli.estep import engine_factory, trainer_factory
-    from ra3_megatron.estep.em import run_em
+    from ra3_megatron.em.loop import run_em
     from ra3_megatron.models.warm import resolve_model
 
     recipe = dataclasses.replace(recipe, em=dataclasses.replace(recipe.em, model=resolve_model(recipe.em.model)))

@@ -20,7 +20,7 @@ FAIL_ONCE = "RA3_TEST_COMPARE_FAIL_ONCE"
 
 def flaky_mstep(**kwargs):
     """The in-process M-step, failing once for the null arm when asked to."""
-    from ra3_megatron.estep.em_phases import mstep_inprocess
+    from ra3_megatron.em.phases import mstep_inprocess
 
     marker = os.environ.get(FAIL_ONCE)
     if marker and "null" in str(kwargs["out_dir"]) and not Path(marker).exists():

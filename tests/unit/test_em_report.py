@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ra3_megatron.estep.em import _mstep_metrics
+from ra3_megatron.em.loop import _mstep_metrics
 
 pytestmark = pytest.mark.unit
 

@@ -26,7 +26,8 @@ LAYERS = [
     {"megatron", "eval"},
     {"rl"},
     {"estep"},
-    {"rlvr", "compare"},
+    {"rlvr", "em"},
+    {"compare"},
     {"integrations", "recipes"},
     {"cli"},
 ]
@@ -34,7 +35,7 @@ LAYERS = [
 # Upward arrows that exist today and are to be removed, not copied: the EM driver builds
 # `ra3 mstep` argv and parses its key=value options with the CLI's helpers, and the recipes
 # runner borrows the CLI's engine and trainer factories. One typed config end to end removes both.
-KNOWN_UPWARD = {("estep", "cli"), ("recipes", "cli")}
+KNOWN_UPWARD = {("em", "cli"), ("recipes", "cli")}
 
 
 def layer_of(name: str) -> int:

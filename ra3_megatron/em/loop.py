@@ -14,7 +14,7 @@ its completed shards, prepare and the M-step restart in a clean directory. pi of
 model of round k-1 (the input model for k = 1); the M-step starts from it (`init="previous"`) or
 from the input model (`init="base"`).
 
-The prepare and M-step phases are pluggable (`estep.em_phases`): the default runs `ra3 prepare`
+The prepare and M-step phases are pluggable (`em.phases`): the default runs `ra3 prepare`
 in-process and `ra3 mstep` as a subprocess (torchrun when nproc > 1); tests and dry runs pass
 any `module:function` with the same signature.
 """
@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ra3_megatron.em.phases import resolve_phase, summary_table
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.config import EStepConfig
-from ra3_megatron.estep.em_phases import resolve_phase, summary_table
 from ra3_megatron.estep.run import EStepRun, run_estep
 from ra3_megatron.estep.stats import atomic_write_text
 
@@ -45,7 +45,7 @@ class EMConfig:
     run_dir: str
     iterations: int = 2
     init: str = "previous"  # M-step initialisation: "previous" round's model or the "base" model
-    prepare: str = "ra3"  # "ra3" or "module:function" (see estep.em_phases)
+    prepare: str = "ra3"  # "ra3" or "module:function" (see em.phases)
     mstep: str = "ra3"  # "ra3", "inprocess" or "module:function"
     prepare_args: list[str] = field(default_factory=list)
     mstep_args: list[str] = field(default_factory=list)
