@@ -22,10 +22,12 @@ them left to right and, at a chosen thought, drops the rest of the window (count
 `stats.discarded`) and plans again from the next line with the thought in the prefix.
 
 The search is a generator: it yields engine requests (`ProbeRequest`, `ChainRequest`,
-`ScoreRequest`, `SampleRequest`, or a `Bundle` of them) and receives their answers, so
-`estep.batch` can serve many snippets with one engine call (`batch.search_snippet` drives a
-single one). The request types live in `estep.requests`. Randomness (positions, decisions) comes from a generator seeded by (seed, snippet id,
-phase), so a snippet's search does not depend on its batch.
+`ScoreRequest`, `SampleRequest`, or a `Bundle` of them; `estep.requests`) and receives their
+answers, so `estep.batch` can serve many snippets with one engine call (`batch.search_snippet`
+drives a single one). Randomness comes from generators seeded by (seed, snippet id, phase): the
+visited positions from one, each line's decisions from one of its own (`think_count`), so a
+snippet's search depends neither on its batch nor on how its windows were planned; tests hold
+its decisions equal to the paper-order reference search in `estep.reference`.
 """
 
 from __future__ import annotations
@@ -81,6 +83,16 @@ def snippet_rng(seed: int, snippet_id: str, phase: str) -> np.random.Generator:
     return np.random.default_rng(list(np.frombuffer(digest[:16], dtype=np.uint32)))
 
 
+def think_count(cfg: EStepConfig, snippet_id: str, phase: str, line: int, p_think: float) -> int:
+    """How many of the G decisions at `line` are "think": G uniforms keyed by (seed, phase,
+    snippet, line) compared with q's probability. Keyed by the line rather than drawn from one
+    stream, the count depends only on p_think, not on how often the search planned the line:
+    a window replanned after a chosen thought draws the same uniforms again, so the fast search
+    decides as the one-position-at-a-time reference (`estep.reference`) does."""
+    u = snippet_rng(cfg.seed, f"{snippet_id}\x00{line}", f"{phase}\x00decide").random(cfg.samples)
+    return int((u < p_think).sum())
+
+
 def completion_thought(c: Completion, max_tokens: int) -> str | None:
     text = c.text.split("\n", 1)[0] if "\n" in c.text else c.text
     if "\n" not in c.text and (c.finish_reason == "length" or len(c.token_ids) > max_tokens):
@@ -111,11 +123,9 @@ def decision_probe(prefix, pieces, piece_ids, markers, k, chosen_lines):
     return ProbeRequest(tuple(ids), tuple(positions), tuple(tokens)), lines
 
 
-def search_steps(
-    snippet_id: str, text: str, codec: Codec, cfg: EStepConfig, *, phase: str = "infuse",
-    keep_groups: bool = True,
-) -> SearchGen:
-    """The search of one snippet as a generator of engine requests (see the module docstring)."""
+def search_positions(snippet_id: str, text: str, cfg: EStepConfig, phase: str):
+    """The snippet's pieces, the candidate lines the search visits (safe, comment lines per
+    `cfg.comment_lines`, a seeded `position_fraction` of them) and its fresh statistics."""
     pieces = cut_pieces(text)
     rng = snippet_rng(cfg.seed, snippet_id, phase)
     candidates = list(safe_candidate_lines(text, python=cfg.python))
@@ -127,7 +137,15 @@ def search_steps(
         candidates = kept
     if cfg.position_fraction < 1.0:
         candidates = [line for line in candidates if rng.random() < cfg.position_fraction]
-    chosen_lines = set(candidates)
+    return pieces, set(candidates), stats
+
+
+def search_steps(
+    snippet_id: str, text: str, codec: Codec, cfg: EStepConfig, *, phase: str = "infuse",
+    keep_groups: bool = True,
+) -> SearchGen:
+    """The search of one snippet as a generator of engine requests (see the module docstring)."""
+    pieces, chosen_lines, stats = search_positions(snippet_id, text, cfg, phase)
     piece_ids = [codec.encode(p.text) for p in pieces]
     prefix: list[int] = list(piece_ids[0])
     thoughts: list[Thought] = []
@@ -163,7 +181,7 @@ def search_steps(
                         lp = yield ScoreRequest("q", ScoreGroup(context, (ScoreOption((), marker[d_marker:]),)))
                         lp_think = float(sum(lp[0][0]))
                     p_think = max(math.exp(min(0.0, lp_think)), cfg.think_floor)
-                    n_think = int(rng.binomial(cfg.samples, p_think))
+                    n_think = think_count(cfg, snippet_id, phase, pieces[j].line, p_think)
                 plan.append((j, n_think, p_think, len(ctx)))
                 rollouts += n_think > 0
             ctx.extend(piece_ids[j])
@@ -186,12 +204,12 @@ def search_steps(
             prompts = [(*ctx[:length], *sample_prompt(markers[j][0], codec, cfg)) for j, _, length in todo]
             answers = yield Bundle(tuple(SampleRequest(pr, n, pieces[j].line) for pr, (j, n, _) in zip(prompts, todo)))
             for (j, _, length), completions in zip(todo, answers):
-                horizon = _Horizon.of(j, pieces, piece_ids, codec, cfg)
+                horizon = Horizon.of(j, pieces, piece_ids, codec, cfg)
                 act_lps = None
                 if cfg.chain:
                     at = length - chain["start"]
                     act_lps = chain["lps"][at + len(horizon.act_lead) : at + len(horizon.act_lead) + len(horizon.target)]
-                drafts[j] = _draft(tuple(ctx[:length]), pieces[j], piece_ids[j], horizon, markers[j], completions,
+                drafts[j] = draft_rollout(tuple(ctx[:length]), pieces[j], piece_ids[j], horizon, markers[j], completions,
                                    codec, cfg, act_lps)
             scoring = [d for d in drafts.values() if d.request is not None]
             if scoring:
@@ -209,7 +227,7 @@ def search_steps(
                 if p_think is not None:
                     stats.think_prob_sum += p_think
                 if n_think:
-                    group = _finish(drafts.pop(i), cfg, stats)
+                    group = finish_rollout(drafts.pop(i), cfg, stats)
                     if keep_groups:
                         groups.append(group)
                     best = group.options[group.chosen]
@@ -234,7 +252,7 @@ def sample_prompt(marker, codec, cfg) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class _Horizon:
+class Horizon:
     """What a position's options are scored on: the next `horizon` lines.
 
     `<act>` continues with piece j as it is (`act_lead`: its newline, blank lines and indentation,
@@ -250,7 +268,7 @@ class _Horizon:
     think_target: tuple[int, ...]
 
     @classmethod
-    def of(cls, j: int, pieces, piece_ids, codec: Codec, cfg: EStepConfig) -> _Horizon:
+    def of(cls, j: int, pieces, piece_ids, codec: Codec, cfg: EStepConfig) -> Horizon:
         later = tuple(i for ids in piece_ids[j + 1 : j + cfg.horizon] for i in ids)
         act, cont = tuple(piece_ids[j]), codec.encode(after_thought(pieces[j]))
         if cfg.score_from == "content":
@@ -261,12 +279,12 @@ class _Horizon:
 
 
 @dataclass
-class _Draft:
+class Draft:
     """A rollout between its samples and its commit: options built, thoughts awaiting scores."""
 
     prefix: tuple[int, ...]
     piece: object
-    target: tuple[int, ...]  # `<act>`'s scored tokens (`_Horizon.target`)
+    target: tuple[int, ...]  # `<act>`'s scored tokens (`Horizon.target`)
     options: list[Option]
     middles: dict[str, tuple[int, ...]]
     act_lps: list[float] | None
@@ -274,7 +292,7 @@ class _Draft:
     scores: object = None
 
 
-def _draft(prefix, piece, piece_ids, horizon: _Horizon, marker_info, completions, codec, cfg, act_lps) -> _Draft:
+def draft_rollout(prefix, piece, piece_ids, horizon: Horizon, marker_info, completions, codec, cfg, act_lps) -> Draft:
     """The position's options from q's samples, and the ScoreRequest for its distinct valid
     thoughts (with `<act>` unless its scores come from the chain), scored on `horizon`."""
     marker, d_marker = marker_info
@@ -304,10 +322,10 @@ def _draft(prefix, piece, piece_ids, horizon: _Horizon, marker_info, completions
         if act_lps is None:
             score_options = (ScoreOption(h.act_lead, h.target), *score_options)
         request = ScoreRequest("pi", ScoreGroup(prefix, score_options))
-    return _Draft(prefix, piece, horizon.target, options, middles, act_lps, request)
+    return Draft(prefix, piece, horizon.target, options, middles, act_lps, request)
 
 
-def _finish(d: _Draft, cfg: EStepConfig, stats: SearchStats) -> PositionGroup:
+def finish_rollout(d: Draft, cfg: EStepConfig, stats: SearchStats) -> PositionGroup:
     """Gains, rewards and advantages of a committed rollout, and its group."""
     stats.rollouts += 1
     stats.sampled += len(d.options) - 1
