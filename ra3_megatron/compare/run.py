@@ -91,8 +91,14 @@ def run_compare(cfg: CompareConfig, *, make_engine: Callable[[str], Any],
             phase(f"data/{arm}", lambda arm=arm: _control_data(cfg, arm))
             phase(f"train/{arm}", lambda arm=arm: _train_control(cfg, arm, state))
     heldout = [(r["id"], r["text"]) for r in _jsonl(out / "heldout.jsonl")]
-    for arm in ["base", *arms]:
-        phase(f"measure/{arm}", lambda arm=arm: _measure(cfg, arm, state, heldout, make_engine, progress))
+    # One engine reads every arm: it starts once (a vLLM start costs tens of seconds) and takes
+    # each arm's weights in memory; all arms share the base model's architecture and tokenizer.
+    reader = _Reader(make_engine)
+    try:
+        for arm in ["base", *arms]:
+            phase(f"measure/{arm}", lambda arm=arm: _measure(cfg, arm, state, heldout, reader, progress))
+    finally:
+        reader.close()
     results = write_report(cfg, state.body, arms)
     _log(f"results: {out / 'results.json'}; report: {out / 'report.md'}")
     return results
@@ -191,9 +197,31 @@ def _write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def _measure(cfg, arm, state, heldout, make_engine, progress) -> dict[str, Any]:
+class _Reader:
+    """The engine the arms are read with: started on the first arm's model, then reloaded."""
+
+    def __init__(self, make_engine: Callable[[str], Any]):
+        self.make_engine, self.engine, self.model = make_engine, None, None
+
+    def load(self, model: str):
+        if self.engine is None:
+            self.engine = self.make_engine(model)
+        elif model != self.model:
+            self.engine.load_weights(model)
+        self.model = model
+        return self.engine
+
+    def close(self) -> None:
+        from ra3_megatron.rollout.common import release_cuda_memory
+
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+            release_cuda_memory()
+
+
+def _measure(cfg, arm, state, heldout, reader: _Reader, progress) -> dict[str, Any]:
     from ra3_megatron.core.latent import InfusedSnippet
-    from ra3_megatron.rollout.common import release_cuda_memory
 
     arm_dir = Path(cfg.out) / "arms" / arm
     if arm == "base":
@@ -208,13 +236,8 @@ def _measure(cfg, arm, state, heldout, make_engine, progress) -> dict[str, Any]:
     from ra3_megatron.estep.thinking import candidate_lines
 
     positions = sum(len(candidate_lines(s.text, cfg.estep)) for s in train)
-    engine = make_engine(model)
-    try:
-        body = measure_arm(arm, engine, cfg, heldout=heldout, train=train, thinking=thinking, out_dir=arm_dir,
-                           progress=progress)
-    finally:
-        engine.close()
-        release_cuda_memory()
+    body = measure_arm(arm, reader.load(str(model)), cfg, heldout=heldout, train=train, thinking=thinking,
+                       out_dir=arm_dir, progress=progress)
     body["model"] = str(model)
     if thinking and positions:
         body["infused_think_rate"] = sum(len(s.thoughts) for s in train) / positions

@@ -77,6 +77,9 @@ def test_compare_runs_four_arms_resumes_and_reports(tiny_model_dir, tmp_path, mo
         assert r["code_tokens"] > 0 and r["heldout_ce"]["ci95"][0] <= r["heldout_ce"]["mean"] <= r["heldout_ce"]["ci95"][1]
         assert set(r["pass1"]) == {"humaneval", "mbpp"}
         assert ("heldout_ce_thinking" in r) == (arm != "ntp")
+    # one engine reads every arm, each with its own weights (trained arms differ from the base)
+    ces = {a: arms[a]["heldout_ce"]["mean"] for a in arms}
+    assert len(set(ces.values())) == len(ces), ces
     # equal code tokens, up to one step's worth (2 x 64 tokens)
     codes = [arms[a]["code_tokens"] for a in ("ntp", "ra3", "shuffled", "null")]
     assert max(codes) - min(codes) <= 2 * 64
