@@ -43,5 +43,6 @@ register("mstep", "ra3_megatron.cli.mstep", "M-step: latent-aware NTP on Megatro
 register("estep", "ra3_megatron.cli.estep", "E-step: RL over latent thoughts, then infuse a corpus (jsonl shards + stats)")
 register("em", "ra3_megatron.cli.em", "EM loop: E-step -> prepare -> M-step for N iterations in a resumable run dir")
 register("compare", "ra3_megatron.cli.compare", "RA3 vs NTP and two controls on equal code tokens, read on held-out code (results, report, plots)")
+register("plan", "ra3_megatron.cli.plan", "GPU memory per phase of a recipe (meta-device model), and a layout that fits when one does not")
 register("eval", "ra3_megatron.cli.eval", "check code samples on HumanEval / MBPP / HumanEval+ / MBPP+ in the sandbox (pass@k); --model generates them first")
 register("rlvr", "ra3_megatron.cli.rlvr", "GRPO RLVR: unit-test rewards in the sandbox, rollouts in vLLM, the policy in Megatron")

@@ -1,0 +1,59 @@
+"""`ra3 plan`: parameters counted on the meta device match the published sizes; per-rank shares
+follow TP and PP; every GPU recipe gets its table, and what does not fit is refused with a layout."""
+
+from __future__ import annotations
+
+import pytest
+
+from ra3_megatron.cli.main import main
+from ra3_megatron.recipes.plan import ARCHITECTURES, Layout, model_config, model_shape, trainer_parts
+
+pytestmark = pytest.mark.unit
+
+GPU_RECIPES = ("llama32_1b_8gpu_h100_bf16", "qwen25_1p5b_8gpu_h100_bf16", "llama31_8b_8gpu_h100_fp8")
+
+
+@pytest.mark.parametrize("name,billions", [("Llama-3.2-1B", 1.236), ("Qwen2.5-1.5B", 1.544), ("Llama-3.1-8B", 8.030)])
+def test_meta_device_count_matches_the_published_size(name, billions):
+    shape = model_shape(model_config(f"checkpoints/{name}"))
+    assert shape.total / 1e9 == pytest.approx(billions, rel=2e-3)
+    # TP halves the projections, embedding and output; only the norms are on every rank
+    assert shape.per_rank(2, 1) == pytest.approx(shape.total / 2, rel=2e-3)
+    assert shape.per_rank(1, 2) < 0.65 * shape.total  # two stages: half the layers each
+    assert name in ARCHITECTURES
+
+
+def test_optimizer_state_shards_over_data_parallel_ranks_only_with_the_distributed_optimizer():
+    shape = model_shape(model_config("checkpoints/Llama-3.1-8B"))
+    one = trainer_parts(shape, Layout(1, 1, 1, False), seq=1024, micro_batch=1)
+    assert one["weights"] + one["grads"] + one["optimizer"] == pytest.approx(8.03e9 * 18 / 2**30, rel=3e-3)
+    assert trainer_parts(shape, Layout(1, 1, 8, True), seq=1024, micro_batch=1)["optimizer"] == pytest.approx(
+        one["optimizer"] / 8)
+    assert trainer_parts(shape, Layout(1, 1, 8, False), seq=1024, micro_batch=1)["optimizer"] == one["optimizer"]
+
+
+def test_every_gpu_recipe_gets_a_table_and_the_small_ones_fit(capsys):
+    for name in GPU_RECIPES:
+        rc = main(["plan", "--recipe", name])
+        out = capsys.readouterr().out
+        for phase in ("M-step", "E-step rollouts", "E-step q's RL update", "GRPO rollouts", "GRPO update"):
+            assert phase in out, (name, phase)
+        assert rc == (1 if "8b" in name else 0), out
+
+
+def test_the_8b_recipe_is_refused_with_the_reason_and_a_layout(capsys):
+    assert main(["plan", "--recipe", "llama31_8b_8gpu_h100_fp8"]) == 1
+    out = capsys.readouterr().out
+    assert "E-step q's RL update does not fit: needs" in out and "sharded as TP=" in out
+    assert main(["plan", "--recipe", "llama31_8b_8gpu_h100_fp8", "--gpus", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "M-step does not fit" in out and "2 GPUs would" in out
+
+
+def test_a_checkpoint_dir_config_and_overrides_are_read(tiny_model_dir, capsys):
+    rc = main(["plan", "--recipe", "qwen25_1p5b_8gpu_h100_bf16", f"em.model={tiny_model_dir}", "mstep.tp=2",
+               "--gpu-memory-gb", "16"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "TP=2 PP=1 DP=4" in out
+    assert main(["plan", "--recipe", "qwen25_1p5b_8gpu_h100_bf16", "em.model=/no/such/model"]) != 0
+    assert "no config.json" in capsys.readouterr().err
