@@ -34,6 +34,7 @@ from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.run import EStepRun, run_estep
 from ra3_megatron.estep.stats import atomic_write_text
+from ra3_megatron.rollout.pool import EnginePool
 
 PHASES = ("estep", "data", "mstep", "report")
 
@@ -109,6 +110,20 @@ def run_em(
     prepare = resolve_phase("prepare", cfg.prepare)
     mstep = resolve_phase("mstep", cfg.mstep)
     (run_dir / "metrics").mkdir(exist_ok=True)
+    # pi's and q's engines live across rounds: a later round reloads weights instead of starting
+    # engines again; they sleep while the M-step trains.
+    pool = EnginePool(make_engine)
+    try:
+        _run_rounds(cfg, state, run_dir, pool, make_trainer, prepare, mstep, log, progress)
+    finally:
+        pool.shutdown()
+    state.body["engines"] = {"started": pool.started, "reloaded": pool.reloads}  # this invocation's
+    state.save()
+    _write_run_report(run_dir, state, cfg)
+    return state.body
+
+
+def _run_rounds(cfg, state, run_dir, pool, make_trainer, prepare, mstep, log, progress) -> None:
     for k in range(1, cfg.iterations + 1):
         it = run_dir / f"iter_{k}"
         pi = cfg.model if k == 1 else state.body["models"][f"iter_{k - 1}"]
@@ -122,12 +137,13 @@ def run_em(
             if phase == "estep":
                 trainer = (lambda pi=pi: make_trainer(pi)) if make_trainer is not None else None
                 run_estep(EStepRun(model=pi, input=cfg.input, output=str(it / "estep"), iteration=k,
-                                   progress=progress), cfg.estep, make_engine=make_engine, make_trainer=trainer)
+                                   progress=progress), cfg.estep, make_engine=pool.acquire, make_trainer=trainer)
             elif phase == "data":
                 shutil.rmtree(it / "data", ignore_errors=True)
                 prefix = prepare(estep_dir=it / "estep", out_dir=it / "data", model=pi, args=cfg.prepare_args)
                 updates = {"data": {f"iter_{k}": str(prefix)}}
             elif phase == "mstep":
+                pool.sleep_idle()
                 shutil.rmtree(it / "mstep", ignore_errors=True)
                 init = pi if cfg.init == "previous" else cfg.model
                 hf_dir = mstep(data=state.body["data"][f"iter_{k}"], model=init, out_dir=it / "mstep",
@@ -137,8 +153,6 @@ def run_em(
                 _write_reports(run_dir, state, k)
             state.mark(name, time.perf_counter() - t0, **updates)
             log(f"[em] {name} done in {time.perf_counter() - t0:.1f} s")
-    _write_run_report(run_dir, state, cfg)
-    return state.body
 
 
 def _estep_summary(it: Path) -> dict[str, Any]:

@@ -149,3 +149,35 @@ def test_em_round_with_the_real_mstep(tiny_model_dir, tmp_path):
     assert (hf / "config.json").is_file() and list(hf.glob("*.safetensors"))
     row = json.loads((run_dir / "metrics" / "em.jsonl").read_text().splitlines()[0])
     assert row["mstep_step"] == 2 and row["mstep_loss"] > 0 and "mstep_latent_ce" in row
+
+
+def test_later_rounds_reuse_the_engines_with_new_weights(tiny_model_dir, tmp_path, monkeypatch):
+    """Round 2 gets round 1's engines back with the new model's weights instead of starting
+    new ones, and its E-step writes exactly what fresh engines would have written."""
+    from ra3_megatron.rollout.pool import EnginePool
+
+    corpus = _corpus(tmp_path / "src")
+
+    def argv(run_dir):
+        return ["em", "--model", str(tiny_model_dir), "--input", str(corpus), "--run-dir", str(run_dir),
+                "--iterations", "2", "--backend", "fake", "--rl-steps", "0", "--samples", "2", "--horizon", "2",
+                "--decision", "force", "--penalty", "0.0", "--max-latent-tokens", "10",
+                "--mstep", "test_em_driver:fake_mstep", "--prepare-arg=--no-progress", "--no-progress"]
+
+    assert main(argv(tmp_path / "pooled")) == 0
+    state = json.loads((tmp_path / "pooled" / "state.json").read_text())
+    assert state["engines"] == {"started": 1, "reloaded": 1}
+
+    class Fresh(EnginePool):  # no reuse: every acquisition starts an engine
+        def acquire(self, model):
+            for engine in self.idle:
+                engine.close()
+            self.idle.clear()
+            return super().acquire(model)
+
+    monkeypatch.setattr("ra3_megatron.em.loop.EnginePool", Fresh)
+    assert main(argv(tmp_path / "fresh")) == 0
+    assert json.loads((tmp_path / "fresh" / "state.json").read_text())["engines"] == {"started": 2, "reloaded": 0}
+    for k in (1, 2):
+        shards = [sorted((tmp_path / run / f"iter_{k}" / "estep").glob("part-*.jsonl")) for run in ("pooled", "fresh")]
+        assert [p.read_text() for p in shards[0]] == [p.read_text() for p in shards[1]]
