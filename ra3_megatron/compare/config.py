@@ -57,6 +57,8 @@ class CompareConfig:
         bad = [d for d in self.pass1 if d not in PASS1_DATASETS]
         if bad:
             raise ConfigError(f"unknown pass@1 benchmark(s) {', '.join(bad)}; known: {', '.join(PASS1_DATASETS)}")
+        if self.init not in ("previous", "base"):
+            raise ConfigError(f"init must be 'previous' or 'base', got {self.init!r}")
         if self.iterations < 1 or self.think_samples < 1 or self.bootstrap < 100:
             raise ConfigError("iterations and think_samples must be >= 1, bootstrap >= 100")
         if any(c < 0 for c in self.penalties):

@@ -8,11 +8,12 @@ RA3 as used against NTP and both controls as used; the plain CE of every arm is 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ra3_megatron.compare.config import CompareConfig
-from ra3_megatron.compare.stats import paired_ce_diff, paired_rate_diff, pooled_ce_interval
+from ra3_megatron.compare.stats import file_of, paired_ce_diff, paired_rate_diff, pooled_ce_interval
 from ra3_megatron.files import atomic_write_text
 
 PAIRS = (("ra3", "ntp"), ("shuffled", "ntp"), ("null", "ntp"), ("ra3", "shuffled"), ("ra3", "null"))
@@ -27,6 +28,11 @@ def _as_used(m: dict[str, Any]) -> dict[str, Any]:
     return m.get("heldout_thinking") or m["heldout"]
 
 
+def _files(m: dict[str, Any]) -> list[str]:
+    """The bootstrap's resampling unit for each held-out snippet: its file."""
+    return [file_of(sid) for sid in m["heldout"]["ids"]]
+
+
 def arm_summary(arm: str, m: dict[str, Any], train: dict[str, Any], cfg: CompareConfig, seed: int) -> dict[str, Any]:
     n = cfg.bootstrap
     h = m["heldout"]
@@ -34,14 +40,15 @@ def arm_summary(arm: str, m: dict[str, Any], train: dict[str, Any], cfg: Compare
         "model": m.get("model"),
         "steps": train.get("steps"),
         "code_tokens": train.get("code_tokens"),
-        "heldout_ce": pooled_ce_interval(h["nll"], h["tokens"], resamples=n, seed=seed),
+        "heldout_ce": pooled_ce_interval(h["nll"], h["tokens"], resamples=n, seed=seed, units=_files(m)),
         "heldout_tokens": int(sum(h["tokens"])),
     }
     if "heldout_thinking" in m:
         t = m["heldout_thinking"]
-        row["heldout_ce_thinking"] = pooled_ce_interval(t["nll"], t["tokens"], resamples=n, seed=seed)
+        row["heldout_ce_thinking"] = pooled_ce_interval(t["nll"], t["tokens"], resamples=n, seed=seed,
+                                                        units=_files(m))
         row.update({k: t[k] for k in ("think_rate", "mean_thought_tokens", "mean_q_think", "failed_samples",
-                                      "token_count_mismatches")})
+                                      "token_count_mismatches", "misaligned_thoughts") if k in t})
     if m.get("infused_think_rate") is not None:
         row["infused_think_rate"] = m["infused_think_rate"]
     if m.get("train", {}).get("tokens"):
@@ -53,9 +60,14 @@ def arm_summary(arm: str, m: dict[str, Any], train: dict[str, Any], cfg: Compare
 
 def diff(a: dict[str, Any], b: dict[str, Any], cfg: CompareConfig, seed: int) -> dict[str, Any]:
     n = cfg.bootstrap
-    plain = paired_ce_diff(a["heldout"]["nll"], b["heldout"]["nll"], a["heldout"]["tokens"], resamples=n, seed=seed)
+    # Code tokens are the plain text's in every reading (estep.thinking), so the plain counts
+    # are the denominator of every difference; a reading that counted others is flagged.
+    tokens, files = a["heldout"]["tokens"], _files(a)
+    plain = paired_ce_diff(a["heldout"]["nll"], b["heldout"]["nll"], tokens, resamples=n, seed=seed, units=files)
     ua, ub = _as_used(a), _as_used(b)
-    used = paired_ce_diff(ua["nll"], ub["nll"], ua["tokens"], resamples=n, seed=seed)
+    used = paired_ce_diff(ua["nll"], ub["nll"], tokens, resamples=n, seed=seed, units=files)
+    if ua["tokens"] != tokens or ub["tokens"] != tokens:
+        used["token_counts_differ"] = True
     out = {"metric": "heldout_ce", **plain, "as_used": used}
     for name in a.get("pass1", {}):
         if name in b.get("pass1", {}):
@@ -68,6 +80,9 @@ def verdict(diffs: dict[str, Any]) -> str:
     needed = [k for k in ("ra3-ntp", "ra3-shuffled", "ra3-null") if k in diffs]
     if not needed:
         return "No verdict: the comparison lacks the ntp and control arms."
+    if any(not all(math.isfinite(x) for x in diffs[k]["as_used"]["ci95"]) or diffs[k]["as_used"].get("token_counts_differ")
+           for k in needed):
+        return "No verdict: an interval is undefined or the arms' code tokens differ (see results.json)."
     beaten = [k.split("-")[1] for k in needed if diffs[k]["as_used"]["ci95"][1] < 0]
     worse = [k.split("-")[1] for k in needed if diffs[k]["as_used"]["ci95"][0] > 0]
     rivals = ", ".join(k.split("-")[1] for k in needed)
@@ -92,6 +107,7 @@ def write_report(cfg: CompareConfig, state: dict[str, Any], arms: list[str]) -> 
     results: dict[str, Any] = {
         "config": {k: v for k, v in cfg.identity().items()},
         "heldout_snippets": len(measures["base"]["heldout"]["nll"]),
+        "heldout_files": len(set(_files(measures["base"]))),
         "arms": {arm: arm_summary(arm, measures[arm], trains.get(arm, {}), cfg, cfg.seed) for arm in ["base", *arms]},
         "diffs": {},
         "seconds": state.get("seconds", {}),
@@ -126,7 +142,8 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
              f"{cfg['iterations']} EM round(s); M-step options: {' '.join(cfg['mstep_args']) or '(defaults)'}.", "",
              f"**Verdict.** {results['verdict']}", "",
              "## Arms", "",
-             "Code CE in nats per code token, with bootstrap 95% intervals over held-out snippets. "
+             f"Code CE in nats per code token, with bootstrap 95% intervals over held-out files "
+             f"({results['heldout_files']} files). "
              "(a) teacher-forced without thoughts; (b) the model writes its own thoughts (q(#) decides "
              "at each candidate line; mean over samples); (c) the training split, thoughts as trained.", "",
              "| arm | M-step steps | code tokens trained | (a) held-out CE | (b) held-out CE, thinking | "
@@ -139,8 +156,9 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
         code = f"{r['code_tokens']:,.0f}" if r.get("code_tokens") else "-"
         lines.append(f"| {arm} | {_fmt(r.get('steps'))} | {code} | {_fmt(r['heldout_ce'])} | "
                      f"{_fmt(r.get('heldout_ce_thinking'))} | {rate} | {_fmt(r.get('train_ce'))} | {pass1} |")
-    lines += ["", "## Paired differences (a - b, per held-out snippet; negative: a predicts code better)", "",
-              "| a - b | (a) plain CE | as used | share of snippets a better (plain) | pass@1 |", "|---|---|---|---|---|"]
+    lines += ["", "## Paired differences (a - b on the same code tokens; negative: a predicts code better; "
+              "95% intervals resample held-out files)", "",
+              "| a - b | (a) plain CE | as used | share of files a better (plain) | pass@1 |", "|---|---|---|---|---|"]
     for name, d in results["diffs"].items():
         pass1 = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in (d.get("pass1") or {}).items()) or "-"
         lines.append(f"| {name} | {_fmt(d)} | {_fmt(d['as_used'])} | {d['share_a_better']:.2f} | {pass1} |")

@@ -46,16 +46,15 @@ def _read_json(path: Path) -> Any:
 
 
 def mstep_code_tokens(mstep_dir: Path) -> tuple[int, float] | None:
-    """(steps, code tokens trained on) of an M-step run dir, from its metrics.jsonl (logged
-    steps may be every log_interval-th: the mean per logged step times the last step)."""
+    """(steps, code tokens trained on) of an M-step run dir, from its metrics.jsonl (the trainer
+    logs every step; a resumed run may log a step twice, so steps are keyed by number)."""
     from ra3_megatron.megatron.metrics import read_metrics
 
-    rows = [r for r in read_metrics(Path(mstep_dir) / "metrics.jsonl") if "code_tokens" in r]
-    if not rows:
+    by_step = {r["step"]: r["code_tokens"] for r in read_metrics(Path(mstep_dir) / "metrics.jsonl")
+               if "code_tokens" in r}
+    if not by_step:
         return None
-    by_step = {r["step"]: r["code_tokens"] for r in rows}  # a resumed run may log a step twice
-    steps = max(by_step)
-    return steps, steps * sum(by_step.values()) / len(by_step)
+    return max(by_step), float(sum(by_step.values()))
 
 
 def _code_share(prefix: str) -> float:
@@ -70,7 +69,7 @@ def run_compare(cfg: CompareConfig, *, make_engine: Callable[[str], Any],
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    state = EMState(out, json.loads(json.dumps(cfg.identity())))
+    state = EMState(out, json.loads(json.dumps(cfg.identity())), option="--out")
     arms = cfg.all_arms()
 
     def phase(name: str, fn: Callable[[], dict[str, Any]]) -> None:
@@ -119,7 +118,10 @@ def _train_ra3(cfg, arm, make_engine, make_trainer, progress) -> dict[str, Any]:
                 log=_log)
     k = cfg.iterations
     run_dir = Path(cfg.out) / "arms" / arm
-    rounds = [mstep_code_tokens(run_dir / f"iter_{i}" / "mstep") for i in range(1, k + 1)]
+    # The final model trained on every round's code with init="previous", on the last round's
+    # only with init="base" (each round restarts from the base model).
+    first = 1 if cfg.init == "previous" else k
+    rounds = [mstep_code_tokens(run_dir / f"iter_{i}" / "mstep") for i in range(first, k + 1)]
     measured = None if any(r is None for r in rounds) else sum(r[1] for r in rounds)
     steps = None if any(r is None for r in rounds) else sum(r[0] for r in rounds)
     _write_json(run_dir / "train.json", {"steps": steps, "code_tokens": measured,
@@ -152,7 +154,8 @@ def _train_control(cfg: CompareConfig, arm: str, state: EMState) -> dict[str, An
     ra3 = _read_json(Path(cfg.out) / "arms" / "ra3" / "train.json")
     target = ra3["code_tokens"]
     if target is None:  # an M-step without metrics (a plugged-in one): estimate from the data
-        target = int(values["steps"]) * cfg.iterations * gbs * seq * _code_share(ra3["data"])
+        rounds = cfg.iterations if cfg.init == "previous" else 1
+        target = int(values["steps"]) * rounds * gbs * seq * _code_share(ra3["data"])
     prefix = state.body["data"][arm]
     steps = max(1, round(target / (gbs * seq * _code_share(prefix))))
     arm_dir = Path(cfg.out) / "arms" / arm

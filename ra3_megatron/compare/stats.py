@@ -1,9 +1,9 @@
-"""Paired differences with bootstrap intervals.
+"""Paired differences with bootstrap intervals, resampling files.
 
 Held-out CE is pooled over tokens (sum of NLL / sum of tokens), so a difference between two arms
-is the difference of pooled CEs on the same snippets; its interval resamples snippets (the unit
-that is independent) with replacement, keeping each snippet's pair together. pass@1 differences
-resample tasks the same way.
+is the difference of pooled CEs on the same snippets. Snippets cut from one file are not
+independent (same author, names, style), so intervals resample files: each file's NLL and token
+sums stay together, and each pair of arms stays together. pass@1 differences resample tasks.
 """
 
 from __future__ import annotations
@@ -13,30 +13,47 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def file_of(snippet_id: str) -> str:
+    """The file a snippet was cut from (snippet ids are "<document id>#<chunk>")."""
+    return snippet_id.rsplit("#", 1)[0]
+
+
+def _by_unit(values: Sequence[float], units: Sequence[str] | None) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if units is None:
+        return v
+    names = sorted(set(units))
+    index = {u: i for i, u in enumerate(names)}
+    out = np.zeros(len(names))
+    np.add.at(out, [index[u] for u in units], v)
+    return out
+
+
 def _interval(values: np.ndarray) -> list[float]:
     lo, hi = np.percentile(values, [2.5, 97.5])
     return [float(lo), float(hi)]
 
 
-def pooled_ce_interval(nll: Sequence[float], tokens: Sequence[int], *, resamples: int, seed: int) -> dict:
-    """Pooled CE of one arm, with a bootstrap 95% interval over snippets."""
-    nll_a, tok = np.asarray(nll, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
+def pooled_ce_interval(nll: Sequence[float], tokens: Sequence[int], *, resamples: int, seed: int,
+                       units: Sequence[str] | None = None) -> dict:
+    """Pooled CE of one arm, with a bootstrap 95% interval over `units` (e.g. files; default:
+    each entry)."""
+    a, tok = _by_unit(nll, units), _by_unit(tokens, units)
     if tok.sum() == 0:
-        return {"mean": float("nan"), "ci95": [float("nan")] * 2, "n": len(nll_a)}
+        return {"mean": float("nan"), "ci95": [float("nan")] * 2, "n": len(a)}
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(nll_a), size=(resamples, len(nll_a)))
-    boot = nll_a[idx].sum(1) / np.maximum(tok[idx].sum(1), 1)
-    return {"mean": float(nll_a.sum() / tok.sum()), "ci95": _interval(boot), "n": len(nll_a)}
+    idx = rng.integers(0, len(a), size=(resamples, len(a)))
+    boot = a[idx].sum(1) / np.maximum(tok[idx].sum(1), 1)
+    return {"mean": float(a.sum() / tok.sum()), "ci95": _interval(boot), "n": len(a)}
 
 
 def paired_ce_diff(nll_a: Sequence[float], nll_b: Sequence[float], tokens: Sequence[int], *, resamples: int,
-                   seed: int) -> dict:
-    """CE(a) - CE(b) on the same snippets (same code tokens), bootstrap 95% interval over snippets;
-    `share_a_better`: the share of snippets where a's CE is lower."""
-    a, b = np.asarray(nll_a, dtype=np.float64), np.asarray(nll_b, dtype=np.float64)
-    tok = np.asarray(tokens, dtype=np.float64)
-    if len(a) != len(b) or len(a) != len(tok):
+                   seed: int, units: Sequence[str] | None = None) -> dict:
+    """CE(a) - CE(b) on the same snippets (same code tokens), bootstrap 95% interval over `units`
+    (files); `share_a_better`: the share of units where a's CE is lower; `n`: units."""
+    if len(nll_a) != len(nll_b) or len(nll_a) != len(tokens):
         raise ValueError("paired differences need the same snippets in both arms")
+    a, b, tok = _by_unit(nll_a, units), _by_unit(nll_b, units), _by_unit(tokens, units)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(a), size=(resamples, len(a)))
     boot = (a[idx] - b[idx]).sum(1) / np.maximum(tok[idx].sum(1), 1)

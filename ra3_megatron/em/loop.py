@@ -66,7 +66,7 @@ class EMConfig:
 
 
 class EMState:
-    def __init__(self, run_dir: Path, identity: dict[str, Any]):
+    def __init__(self, run_dir: Path, identity: dict[str, Any], option: str = "--run-dir"):
         self.path = run_dir / "state.json"
         if self.path.is_file():
             self.body = json.loads(self.path.read_text(encoding="utf-8"))
@@ -75,7 +75,7 @@ class EMState:
             if old != new:
                 changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise ConfigError(f"{run_dir} holds an EM run with another configuration "
-                                  f"({', '.join(changed)} differ); use a new --run-dir or the same options")
+                                  f"({', '.join(changed)} differ); use a new {option} or the same options")
         else:
             self.body = {"version": 1, "config": identity, "completed": [], "models": {}, "data": {},
                          "seconds": {}}

@@ -6,10 +6,13 @@ lockstep by `estep.batch.serve`, so vLLM, transformers and the fake engine all a
 - "plain": the code teacher-forced, no thoughts. Its code CE is the NTP metric.
 - "think": the model thinks by itself, as at inference. At each candidate line its own
   q("#" | text so far) decides (a Bernoulli draw, not an argmax); when it thinks it writes a
-  thought (sampled like the E-step's rollouts) and the code then continues, teacher-forced.
-  The code's NLL given the sampled thoughts, averaged over a few samples, is an upper bound on
-  the marginal NLL of the code (Jensen, z drawn from the model's own prior); it is what a
-  thinking model pays per code token at inference.
+  thought (sampled like the E-step's rollouts, at the E-step's temperature) and the code then
+  continues, teacher-forced. A sample that is no valid thought (no newline within the token
+  budget) is dropped and the code goes on unthought. At temperature 1 (the default) the code's
+  NLL given the sampled thoughts, averaged over a few samples, is an upper bound on the marginal
+  NLL of the code (Jensen, z drawn from the model's own prior; a loose one, since the code after
+  an "act" decision is scored with p(code), which still holds the mass given to "#"). It is what
+  a thinking model pays per code token at inference.
 - "given": the thoughts of a training record inserted where they are (the training-split CE
   the paper plots).
 
@@ -50,6 +53,7 @@ class Reading:
     thought_tokens: int = 0  # their "# text" tokens
     think_prob_sum: float = 0.0  # sum of q("#") over the decisions
     failed: int = 0  # decisions to think whose sample was no valid thought (code goes on unthought)
+    misaligned: int = 0  # thoughts after which the code's tokens could not be matched to the plain ones
 
     @property
     def ce(self) -> float:
@@ -115,11 +119,22 @@ def read_steps(snippet_id: str, text: str, codec: Codec, cfg: EStepConfig, *, mo
             continue
         middle = codec.encode(thought_middle(thought, piece))
         d_mid = codec.decision_index(middle)
-        code.extend(range(len(ids), len(ids) + d_mid))  # the newline(s) and indentation before "#"
-        ids.extend(middle)
         cont = codec.encode(after_thought(piece))
-        d_cont = codec.decision_index(cont)
-        code.extend(range(len(ids) + d_cont, len(ids) + len(cont)))  # line t's code after the thought
+        # The plain piece's tokens, split where the "#" goes: its first d_mid (newlines and
+        # indentation) are the middle's first d_mid, the rest end the continuation. The rest may
+        # start with whitespace of its own (a lone " " before "und" or a digit): it is counted
+        # there, so a thought never drops a code token.
+        plain, tail = piece_ids[k], len(piece_ids[k]) - d_mid
+        if tuple(middle[:d_mid]) == tuple(plain[:d_mid]) and 0 < tail <= len(cont) \
+                and tuple(cont[len(cont) - tail:]) == tuple(plain[d_mid:]):
+            code.extend(range(len(ids), len(ids) + d_mid))
+            code.extend(range(len(ids) + len(middle) + len(cont) - tail, len(ids) + len(middle) + len(cont)))
+        else:  # a tokenizer that breaks the split: counted from the continuation's first non-space token
+            out.misaligned += 1
+            d_cont = codec.decision_index(cont)
+            code.extend(range(len(ids), len(ids) + d_mid))
+            code.extend(range(len(ids) + len(middle) + d_cont, len(ids) + len(middle) + len(cont)))
+        ids.extend(middle)
         ids.extend(cont)
         out.thoughts += 1
         out.thought_tokens += len(middle) - d_mid
@@ -159,5 +174,6 @@ def think_summary(readings: list[list[Reading]]) -> dict[str, float]:
         "mean_thought_tokens": sum(r.thought_tokens for r in flat) / thoughts if thoughts else 0.0,
         "mean_q_think": sum(r.think_prob_sum for r in flat) / positions if positions else 0.0,
         "failed_samples": sum(r.failed for r in flat),
+        "misaligned_thoughts": sum(r.misaligned for r in flat),
         "positions": positions,
     }

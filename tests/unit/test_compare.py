@@ -66,6 +66,38 @@ def test_paired_difference_and_its_interval():
         paired_ce_diff([1.0], [1.0, 2.0], [1], resamples=100, seed=0)
 
 
+def test_intervals_resample_files_not_snippets():
+    """Snippets of one file move together: with two files whose snippets all favour a by the same
+    margin but with opposite signs across files, the file-level interval holds zero while a
+    snippet-level one would not."""
+    tokens = [100] * 40
+    b = [200.0] * 40
+    a = [190.0] * 20 + [209.0] * 20  # file f0 better by 0.1, file f1 worse by 0.09
+    ids = [f"f0.py#{k}" for k in range(20)] + [f"f1.py#{k}" for k in range(20)]
+    from ra3_megatron.compare.stats import file_of
+
+    files = [file_of(x) for x in ids]
+    by_file = paired_ce_diff(a, b, tokens, resamples=1000, seed=0, units=files)
+    by_snippet = paired_ce_diff(a, b, tokens, resamples=1000, seed=0)
+    assert by_file["n"] == 2 and by_snippet["n"] == 40
+    assert by_file["mean"] == pytest.approx(by_snippet["mean"])
+    width = lambda d: d["ci95"][1] - d["ci95"][0]  # noqa: E731
+    assert width(by_file) > 3 * width(by_snippet)
+    assert pooled_ce_interval(b, tokens, resamples=200, seed=0, units=files)["n"] == 2
+
+
+def test_code_tokens_trained_are_read_from_the_mstep_metrics(tmp_path):
+    import json
+
+    from ra3_megatron.compare.run import mstep_code_tokens
+
+    rows = [{"step": 1, "code_tokens": 100}, {"step": 2, "code_tokens": 90}, {"step": 2, "code_tokens": 90},
+            {"step": 3, "code_tokens": 80}, {"step": 3, "loss": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert mstep_code_tokens(tmp_path) == (3, 270.0)  # a step logged twice (a resume) counts once
+    assert mstep_code_tokens(tmp_path / "missing") is None
+
+
 def _d(lo: float, hi: float) -> dict:
     return {"as_used": {"mean": (lo + hi) / 2, "ci95": [lo, hi]}}
 
@@ -75,6 +107,9 @@ def test_verdict_says_yes_only_when_every_interval_is_below_zero():
     assert yes.startswith("Yes")
     no = verdict({"ra3-ntp": _d(-0.2, -0.1), "ra3-shuffled": _d(-0.1, 0.01), "ra3-null": _d(0.1, 0.2)})
     assert no.startswith("No") and "beat ntp" in no and "worse than null" in no and "shuffled is within noise" in no
+    nan = float("nan")
+    assert verdict({"ra3-ntp": _d(nan, nan), "ra3-shuffled": _d(-1, -0.5), "ra3-null": _d(-1, -0.5)}).startswith(
+        "No verdict")
 
 
 def test_config_refuses_what_cannot_be_compared():
@@ -85,5 +120,7 @@ def test_config_refuses_what_cannot_be_compared():
         CompareConfig(**base, arms=("ra3", "gpt"))
     with pytest.raises(ConfigError, match="pass@1"):
         CompareConfig(**base, pass1=("apps",))
+    with pytest.raises(ConfigError, match="init"):
+        CompareConfig(**base, init="latest")
     cfg = CompareConfig(**base, penalties=(0.2, 0.01))
     assert cfg.all_arms() == ["ra3", "ntp", "shuffled", "null", "ra3_c0.2", "ra3_c0.01"]
