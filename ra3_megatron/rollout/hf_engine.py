@@ -59,6 +59,7 @@ class HFEngine:
         rounding): then the E-step's RL takes its PPO old log-probs from here (EStepConfig)."""
         return self.model.dtype == torch.float32
 
+    @engine_call  # built, like every engine call, without Megatron's CPU device mode
     def __init__(self, model: str | Path, config: HFEngineConfig | None = None, **overrides):
         self.config = cfg = split_overrides(HFEngineConfig, config, overrides)
         if cfg.scorer not in ("prefix-cache", "naive"):

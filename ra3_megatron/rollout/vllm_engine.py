@@ -180,6 +180,7 @@ def _platform_is_cpu() -> bool:
 
 
 class VLLMEngine:
+    @engine_call  # built without Megatron's CPU device mode: vLLM's compiled graphs must not capture it
     def __init__(self, model: str | Path, config: VLLMEngineConfig | None = None, **overrides):
         self.config = cfg = split_overrides(VLLMEngineConfig, config, overrides)
         if cfg.scorer not in ("vllm", "prefix-cache"):  # checked before the slow engine start
@@ -356,6 +357,7 @@ class VLLMEngine:
         self.store.clear()
         self.reload_seconds.append(time.perf_counter() - t0)
 
+    @engine_call
     def close(self) -> None:
         if getattr(self, "llm", None) is None:
             return

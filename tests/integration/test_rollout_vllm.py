@@ -118,3 +118,27 @@ def test_a_batch_of_seeded_prompts_larger_than_one_prefill_step(engine):
     together = engine.generate(prompts, cfg)
     assert sum(len(engine.tokenizer.encode(p)) for p in prompts) > 8192
     assert [c.token_ids for c in together[5]] == [c.token_ids for c in engine.generate([prompts[5]], cfg)[0]]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU shims are a no-op with CUDA")
+def test_an_engine_starts_after_megatron_turned_its_cpu_device_mode_on(tiny_model_dir):
+    """In one process, a Megatron trainer turns the CPU shims' device mode on for good; an engine
+    built after it (the next E-step of `ra3 compare`, a later EM round) compiles its graphs with
+    the mode off, as its calls run. Before the fix vLLM's compile failed: torch.compile cannot
+    package the mode's locally defined class. A process of its own: the mode stays on."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        from ra3_megatron.megatron.cpu_shims import apply_cpu_shims
+        from ra3_megatron.rollout import ScoreGroup, ScoreOption, create_engine
+        assert apply_cpu_shims()
+        engine = create_engine("vllm", model={str(tiny_model_dir)!r}, kv_cache_gib=0.25, max_model_len=256)
+        scores = engine.score_groups([ScoreGroup((1, 2, 3), (ScoreOption((), (4, 5)),))])
+        engine.close()
+        print("scored", len(scores[0][0]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          start_new_session=True)
+    assert proc.returncode == 0 and "scored 2" in proc.stdout, proc.stderr[-3000:]
