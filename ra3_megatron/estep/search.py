@@ -140,111 +140,157 @@ def search_positions(snippet_id: str, text: str, cfg: EStepConfig, phase: str):
     return pieces, set(candidates), stats
 
 
+@dataclass
+class _Walk:
+    """What the search of one snippet carries from window to window."""
+
+    snippet_id: str
+    phase: str
+    cfg: EStepConfig
+    codec: Codec
+    pieces: list
+    piece_ids: list[tuple[int, ...]]
+    chosen_lines: set[int]
+    markers: dict[int, tuple[tuple[int, ...], int]]  # piece -> (think marker ids, its decision index)
+    stats: SearchStats
+    keep_groups: bool
+    prefix: list[int] = field(default_factory=list)  # the infused text so far, as token ids
+    thoughts: list[Thought] = field(default_factory=list)
+    groups: list[PositionGroup] = field(default_factory=list)
+    probed: dict[int, float] = field(default_factory=dict)  # line -> log q("#"); valid until a thought
+    chain: dict = field(default_factory=dict)  # "start", "lps": log pi of the code so far run; same
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A visited position of a window: its piece, G's think draws, q's p("#"), its prefix length."""
+
+    piece: int
+    n_think: int
+    p_think: float | None
+    at: int
+
+
 def search_steps(
     snippet_id: str, text: str, codec: Codec, cfg: EStepConfig, *, phase: str = "infuse",
     keep_groups: bool = True,
 ) -> SearchGen:
-    """The search of one snippet as a generator of engine requests (see the module docstring)."""
+    """The search of one snippet as a generator of engine requests (see the module docstring):
+    windows of (1) decisions, (2) rollouts, (3) a left-to-right commit, until the snippet ends."""
     pieces, chosen_lines, stats = search_positions(snippet_id, text, cfg, phase)
     piece_ids = [codec.encode(p.text) for p in pieces]
-    prefix: list[int] = list(piece_ids[0])
-    thoughts: list[Thought] = []
-    groups: list[PositionGroup] = []
-    markers: dict[int, tuple[tuple[int, ...], int]] = {}
+    markers = {}
     for k in range(1, len(pieces)):
         if pieces[k].line in chosen_lines:
             marker = codec.encode(think_marker(pieces[k]))
             markers[k] = (marker, codec.decision_index(marker))
-    probed: dict[int, float] = {}  # line -> log q("#"), valid while the prefix has no new thought
-    chain: dict = {}  # "start", "lps": log pi of the code from start on, as far as run; same validity
+    w = _Walk(snippet_id, phase, cfg, codec, pieces, piece_ids, chosen_lines, markers, stats, keep_groups,
+              prefix=list(piece_ids[0]))
     k, window = 1, cfg.lookahead
     while k < len(pieces):
-        # 1. Plan pieces k.. up to the window's last rollout: decisions drawn as if no thought
-        #    were chosen in between (speculation: thoughts are rare). The window halves after a
-        #    chosen thought and doubles back (up to `lookahead`) after a window without one, so
-        #    a snippet that thinks often wastes little.
-        plan: list[tuple[int, int, float | None, int]] = []  # (piece, n_think, p_think, prefix length)
-        ctx, j, rollouts = list(prefix), k, 0
-        while j < len(pieces) and rollouts < window:
-            if pieces[j].line in chosen_lines:
-                marker, d_marker = markers[j]
-                n_think, p_think = cfg.samples, None
-                if cfg.decision == "sample":
-                    if pieces[j].line not in probed and cfg.probe:
-                        request, lines = decision_probe(ctx, pieces, piece_ids, markers, j, chosen_lines)
-                        if lines:
-                            probed.update(zip(lines, (yield request)))
-                    if pieces[j].line in probed:
-                        lp_think = probed[pieces[j].line]
-                    else:
-                        context = (*ctx, *marker[:d_marker])
-                        lp = yield ScoreRequest("q", ScoreGroup(context, (ScoreOption((), marker[d_marker:]),)))
-                        lp_think = float(sum(lp[0][0]))
-                    p_think = max(math.exp(min(0.0, lp_think)), cfg.think_floor)
-                    n_think = think_count(cfg, snippet_id, phase, pieces[j].line, p_think)
-                plan.append((j, n_think, p_think, len(ctx)))
-                rollouts += n_think > 0
-            ctx.extend(piece_ids[j])
-            j += 1
-        end = j
-        # 2. The window's rollouts at once: one bundle of samples, then one of scores.
-        todo = [(j, n, length) for j, n, _, length in plan if n]
-        if todo and cfg.chain:
-            # pi's pass along the code, only as far as this window's horizons reach; a later
-            # window extends it (the engine's prefix store holds what was already run).
-            need = max(length + sum(len(ids) for ids in piece_ids[j : j + cfg.horizon]) for j, _, length in todo)
-            if not chain:
-                chain.update(start=len(prefix), lps=[])
-            have = chain["start"] + len(chain["lps"])
-            if need > have:
-                ids = (*prefix, *(i for piece in piece_ids[k:] for i in piece))[:need]
-                chain["lps"].extend((yield ChainRequest(ids, have)))
-        drafts = {}
-        if todo:
-            prompts = [(*ctx[:length], *sample_prompt(markers[j][0], codec, cfg)) for j, _, length in todo]
-            answers = yield Bundle(tuple(SampleRequest(pr, n, pieces[j].line) for pr, (j, n, _) in zip(prompts, todo)))
-            for (j, _, length), completions in zip(todo, answers):
-                horizon = Horizon.of(j, pieces, piece_ids, codec, cfg)
-                act_lps = None
-                if cfg.chain:
-                    at = length - chain["start"]
-                    act_lps = chain["lps"][at + len(horizon.act_lead) : at + len(horizon.act_lead) + len(horizon.target)]
-                drafts[j] = draft_rollout(tuple(ctx[:length]), pieces[j], piece_ids[j], horizon, markers[j], completions,
-                                   codec, cfg, act_lps)
-            scoring = [d for d in drafts.values() if d.request is not None]
-            if scoring:
-                answers = yield Bundle(tuple(d.request for d in scoring))
-                for d, scores in zip(scoring, answers):
-                    d.scores = scores
-        # 3. Commit left to right; a chosen thought invalidates the rest of the window.
-        planned = {j: (n, p) for j, n, p, _ in plan}
-        start, k = k, end
-        window = min(cfg.lookahead, window * 2)
-        for i in range(start, end):
-            if i in planned:
-                n_think, p_think = planned[i]
-                stats.positions += 1
-                if p_think is not None:
-                    stats.think_prob_sum += p_think
-                if n_think:
-                    group = finish_rollout(drafts.pop(i), cfg, stats)
-                    if keep_groups:
-                        groups.append(group)
-                    best = group.options[group.chosen]
-                    if best.kind == "think":
-                        probed.clear()  # later decisions now see the thought in their prefix
-                        chain.clear()
-                        thoughts.append(Thought(line=pieces[i].line, text=best.text, gain=best.gain))
-                        middle = codec.encode(thought_middle(best.text, pieces[i]))
-                        prefix.extend(middle)
-                        stats.add_chosen(best, len(middle) - markers[i][1])  # "# text": marker and text
-                        prefix.extend(codec.encode(after_thought(pieces[i])))
-                        stats.discarded += len(drafts)  # speculative rollouts after it: redone
-                        k, window = i + 1, max(1, window // 4)
-                        break
-            prefix.extend(piece_ids[i])
-    infused = InfusedSnippet(id=snippet_id, text=text, thoughts=tuple(thoughts))
-    return SearchResult(infused=infused, groups=groups, stats=stats)
+        plan, ctx, end = yield from _decide(w, k, window)
+        drafts = yield from _roll_out(w, k, plan, ctx)
+        k, window = _commit(w, k, end, plan, drafts, window)
+    infused = InfusedSnippet(id=snippet_id, text=text, thoughts=tuple(w.thoughts))
+    return SearchResult(infused=infused, groups=w.groups, stats=w.stats)
+
+
+def _decide(w: _Walk, k: int, window: int):
+    """1. Decisions for pieces k.. up to the window's last rollout, drawn as if no thought were
+    chosen in between (speculation: thoughts are rare). Returns (plan, the context after the
+    window's pieces, the index after the window)."""
+    cfg, pieces = w.cfg, w.pieces
+    plan: list[_Planned] = []
+    ctx, j, rollouts = list(w.prefix), k, 0
+    while j < len(pieces) and rollouts < window:
+        if pieces[j].line in w.chosen_lines:
+            marker, d_marker = w.markers[j]
+            n_think, p_think = cfg.samples, None
+            if cfg.decision == "sample":
+                if pieces[j].line not in w.probed and cfg.probe:
+                    request, lines = decision_probe(ctx, pieces, w.piece_ids, w.markers, j, w.chosen_lines)
+                    if lines:
+                        w.probed.update(zip(lines, (yield request)))
+                if pieces[j].line in w.probed:
+                    lp_think = w.probed[pieces[j].line]
+                else:
+                    context = (*ctx, *marker[:d_marker])
+                    lp = yield ScoreRequest("q", ScoreGroup(context, (ScoreOption((), marker[d_marker:]),)))
+                    lp_think = float(sum(lp[0][0]))
+                p_think = max(math.exp(min(0.0, lp_think)), cfg.think_floor)
+                n_think = think_count(cfg, w.snippet_id, w.phase, pieces[j].line, p_think)
+            plan.append(_Planned(j, n_think, p_think, len(ctx)))
+            rollouts += n_think > 0
+        ctx.extend(w.piece_ids[j])
+        j += 1
+    return plan, ctx, j
+
+
+def _roll_out(w: _Walk, k: int, plan: list[_Planned], ctx: list[int]):
+    """2. The window's rollouts at once: pi's chain along the code (with `cfg.chain`), one bundle
+    of samples from q, then one of pi's scores. Returns the drafts by piece."""
+    cfg, todo = w.cfg, [p for p in plan if p.n_think]
+    if not todo:
+        return {}
+    if cfg.chain:
+        # pi's pass along the code, only as far as this window's horizons reach; a later
+        # window extends it (the engine's prefix store holds what was already run).
+        need = max(p.at + sum(len(ids) for ids in w.piece_ids[p.piece : p.piece + cfg.horizon]) for p in todo)
+        if not w.chain:
+            w.chain.update(start=len(w.prefix), lps=[])
+        have = w.chain["start"] + len(w.chain["lps"])
+        if need > have:
+            ids = (*w.prefix, *(i for piece in w.piece_ids[k:] for i in piece))[:need]
+            w.chain["lps"].extend((yield ChainRequest(ids, have)))
+    prompts = [(*ctx[: p.at], *sample_prompt(w.markers[p.piece][0], w.codec, cfg)) for p in todo]
+    answers = yield Bundle(tuple(SampleRequest(pr, p.n_think, w.pieces[p.piece].line) for pr, p in zip(prompts, todo)))
+    drafts = {}
+    for p, completions in zip(todo, answers):
+        horizon = Horizon.of(p.piece, w.pieces, w.piece_ids, w.codec, cfg)
+        act_lps = None
+        if cfg.chain:
+            at = p.at - w.chain["start"] + len(horizon.act_lead)
+            act_lps = w.chain["lps"][at : at + len(horizon.target)]
+        drafts[p.piece] = draft_rollout(tuple(ctx[: p.at]), w.pieces[p.piece], w.piece_ids[p.piece], horizon,
+                                        w.markers[p.piece], completions, w.codec, cfg, act_lps)
+    scoring = [d for d in drafts.values() if d.request is not None]
+    if scoring:
+        answers = yield Bundle(tuple(d.request for d in scoring))
+        for d, scores in zip(scoring, answers):
+            d.scores = scores
+    return drafts
+
+
+def _commit(w: _Walk, start: int, end: int, plan: list[_Planned], drafts: dict, window: int) -> tuple[int, int]:
+    """3. Commit the window left to right; a chosen thought ends it (the rest was planned without
+    it: redone). Returns where the next window starts and its size: halved after a thought,
+    doubled back (up to `lookahead`) after a window without one, so a snippet that thinks often
+    wastes little."""
+    cfg, stats = w.cfg, w.stats
+    planned = {p.piece: p for p in plan}
+    for i in range(start, end):
+        if i in planned:
+            p = planned[i]
+            stats.positions += 1
+            if p.p_think is not None:
+                stats.think_prob_sum += p.p_think
+            if p.n_think:
+                group = finish_rollout(drafts.pop(i), cfg, stats)
+                if w.keep_groups:
+                    w.groups.append(group)
+                best = group.options[group.chosen]
+                if best.kind == "think":
+                    w.probed.clear()  # later decisions now see the thought in their prefix
+                    w.chain.clear()
+                    w.thoughts.append(Thought(line=w.pieces[i].line, text=best.text, gain=best.gain))
+                    middle = w.codec.encode(thought_middle(best.text, w.pieces[i]))
+                    w.prefix.extend(middle)
+                    stats.add_chosen(best, len(middle) - w.markers[i][1])  # "# text": marker and text
+                    w.prefix.extend(w.codec.encode(after_thought(w.pieces[i])))
+                    stats.discarded += len(drafts)  # speculative rollouts after it: redone
+                    return i + 1, max(1, min(cfg.lookahead, window * 2) // 4)
+        w.prefix.extend(w.piece_ids[i])
+    return end, min(cfg.lookahead, window * 2)
 
 
 def sample_prompt(marker, codec, cfg) -> tuple[int, ...]:
