@@ -142,3 +142,43 @@ def test_an_engine_starts_after_megatron_turned_its_cpu_device_mode_on(tiny_mode
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           start_new_session=True)
     assert proc.returncode == 0 and "scored 2" in proc.stdout, proc.stderr[-3000:]
+
+
+def _tied_copy(src, dst, seed: int):
+    """The tiny model with a tied output layer (as SmolLM2, Llama-3.2, Qwen2.5), random weights
+    from `seed`, saved the way transformers saves tied models: no lm_head tensor."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(src)
+    config.tie_word_embeddings = True
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).float()
+    model.save_pretrained(dst)
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            shutil.copy(f, dst / f.name)
+    return model
+
+
+def test_a_reload_moves_a_tied_output_layer_too(tiny_model_dir, tmp_path):
+    """A tied checkpoint has no lm_head tensor; vLLM's in-place reload skipped the output layer
+    and put its old kernel back, so scores after a reload kept the old output weights."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _tied_copy(tiny_model_dir, a, seed=1)
+    model_b = _tied_copy(tiny_model_dir, b, seed=2)
+    ids = list(range(5, 69))
+    with torch.no_grad():
+        lp = torch.log_softmax(model_b(torch.tensor([ids])).logits[0].float(), -1)
+    ref_b = [lp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+    eng = create_engine("vllm", model=str(a), enforce_eager=True, kv_cache_gib=0.25, max_model_len=256)
+    try:
+        group = [ScoreGroup(tuple(ids[:1]), (ScoreOption((), tuple(ids[1:])),))]
+        before = eng.score_groups(group)[0][0]
+        eng.load_weights(str(b))
+        after = eng.score_groups(group)[0][0]
+    finally:
+        eng.close()
+    assert max(abs(x - y) for x, y in zip(before, ref_b)) > 0.1  # the two models differ
+    assert max(abs(x - y) for x, y in zip(after, ref_b)) < 1e-3
