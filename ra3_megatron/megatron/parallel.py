@@ -62,6 +62,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_ENV_SET: list[str] = []  # rendezvous variables init_distributed set (destroy_distributed removes them)
+
+
 def init_distributed(cfg: ParallelConfig) -> None:
     """Initialise torch.distributed (if needed), Megatron's parallel_state and its RNG tracker."""
     import torch
@@ -73,11 +76,17 @@ def init_distributed(cfg: ParallelConfig) -> None:
 
         apply_cpu_shims()
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+        # A one-rank job started without torchrun: the rendezvous variables are set here and
+        # removed again by destroy_distributed, so a later process this one starts (a torchrun
+        # job, a converter) picks its own port instead of inheriting a stale one.
+        defaults = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": None, "RANK": "0", "WORLD_SIZE": "1"}
+        for key, value in defaults.items():
+            if key not in os.environ:
+                os.environ[key] = value if value is not None else str(_free_port())
+                _ENV_SET.append(key)
+        if "LOCAL_RANK" not in os.environ:
+            os.environ["LOCAL_RANK"] = os.environ["RANK"]
+            _ENV_SET.append("LOCAL_RANK")
         if on_gpu:
             for key, value in cuda_env_defaults(cfg).items():  # before this process's CUDA context
                 os.environ.setdefault(key, value)
@@ -121,6 +130,8 @@ def destroy_distributed() -> None:
 
         stop_watchdog()
         dist.destroy_process_group()
+    while _ENV_SET:
+        os.environ.pop(_ENV_SET.pop(), None)
 
 
 def is_rank0() -> bool:
