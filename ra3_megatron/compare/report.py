@@ -86,9 +86,11 @@ def verdict(diffs: dict[str, Any]) -> str:
     beaten = [k.split("-")[1] for k in needed if diffs[k]["as_used"]["ci95"][1] < 0]
     worse = [k.split("-")[1] for k in needed if diffs[k]["as_used"]["ci95"][0] > 0]
     rivals = ", ".join(k.split("-")[1] for k in needed)
+    missing = [k.split("-")[1] for k in ("ra3-ntp", "ra3-shuffled", "ra3-null") if k not in diffs]
+    caveat = f" (not compared: {', '.join(missing)}; without both controls this is no verdict on RA3)" if missing else ""
     if len(beaten) == len(needed):
         return (f"Yes: on held-out code RA3 (thinking) had a lower code CE than {rivals}, every 95% interval "
-                "of the paired difference below zero.")
+                f"of the paired difference below zero{caveat}.")
     parts = []
     if beaten:
         parts.append(f"it beat {', '.join(beaten)}")
@@ -97,7 +99,7 @@ def verdict(diffs: dict[str, Any]) -> str:
     tied = [r for r in (k.split("-")[1] for k in needed) if r not in beaten and r not in worse]
     if tied:
         parts.append(f"its difference from {', '.join(tied)} is within noise (the 95% interval holds zero)")
-    return f"No: on held-out code RA3 (thinking) did not beat all of {rivals}: " + "; ".join(parts) + "."
+    return f"No: on held-out code RA3 (thinking) did not beat all of {rivals}: " + "; ".join(parts) + caveat + "."
 
 
 def write_report(cfg: CompareConfig, state: dict[str, Any], arms: list[str]) -> dict[str, Any]:

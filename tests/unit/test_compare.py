@@ -107,6 +107,8 @@ def test_verdict_says_yes_only_when_every_interval_is_below_zero():
     assert yes.startswith("Yes")
     no = verdict({"ra3-ntp": _d(-0.2, -0.1), "ra3-shuffled": _d(-0.1, 0.01), "ra3-null": _d(0.1, 0.2)})
     assert no.startswith("No") and "beat ntp" in no and "worse than null" in no and "shuffled is within noise" in no
+    partial = verdict({"ra3-ntp": _d(-0.2, -0.1)})
+    assert partial.startswith("Yes") and "not compared: shuffled, null" in partial
     nan = float("nan")
     assert verdict({"ra3-ntp": _d(nan, nan), "ra3-shuffled": _d(-1, -0.5), "ra3-null": _d(-1, -0.5)}).startswith(
         "No verdict")
