@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from ra3_megatron.cli.em import add_em_phase_arguments
 from ra3_megatron.cli.estep import (
     add_engine_arguments,
     add_estep_config_arguments,
@@ -44,15 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output dir (resumed when it exists)")
     parser.add_argument("--arms", default=",".join(BASE_ARMS), help="comma-separated subset of " + ",".join(BASE_ARMS))
     parser.add_argument("--penalties", default="", help="extra RA3 arms at these penalties c (the c ablation)")
-    parser.add_argument("--iterations", type=int, default=1, help="EM rounds of the RA3 arm(s)")
-    parser.add_argument("--init", choices=("previous", "base"), default="previous")
-    parser.add_argument("--mstep", default="ra3", help="ra3 (subprocess / torchrun), inprocess, or module:function")
-    parser.add_argument("--prepare", default="ra3", help="ra3 or module:function")
-    parser.add_argument("--mstep-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="M-step option for every arm (e.g. steps=200: the RA3 arm's steps); repeatable")
-    parser.add_argument("--prepare-arg", action="append", default=[], metavar="ARG",
-                        help="passed to `ra3 prepare` for every arm; repeatable")
-    parser.add_argument("--nproc", type=int, default=1, help="M-step ranks (torchrun when > 1)")
+    # The RA3 arm's EM loop; --mstep-arg and --prepare-arg apply to every arm (steps=N: the RA3 arm's).
+    add_em_phase_arguments(parser, iterations=1)
     parser.add_argument("--null-text", default="Handle the remaining cases.", help="the null arm's sentence")
     parser.add_argument("--think-samples", type=int, default=2, help="self-thinking readings per held-out snippet")
     parser.add_argument("--heldout-limit", type=int, default=None, help="only the first N held-out snippets")

@@ -22,11 +22,9 @@ from ra3_megatron.cli.estep import (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="HF checkpoint dir of the starting model")
-    parser.add_argument("--input", required=True, help="the corpus (anything `ra3 prepare` reads)")
-    parser.add_argument("--run-dir", required=True, help="run directory (resumed when it exists)")
-    parser.add_argument("--iterations", type=int, default=2)
+def add_em_phase_arguments(parser: argparse.ArgumentParser, *, iterations: int) -> None:
+    """The EM loop's rounds and its prepare / M-step phases (shared with `ra3 compare`)."""
+    parser.add_argument("--iterations", type=int, default=iterations, help="EM rounds")
     parser.add_argument("--init", choices=("previous", "base"), default="previous",
                         help="M-step starts from the previous round's model (default) or the base model")
     parser.add_argument("--mstep", default="ra3", help="ra3 (subprocess / torchrun), inprocess, or module:function")
@@ -36,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prepare-arg", action="append", default=[], metavar="ARG",
                         help="passed to `ra3 prepare` (e.g. --max-tokens=1024); repeatable")
     parser.add_argument("--nproc", type=int, default=1, help="M-step ranks (torchrun when > 1)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="HF checkpoint dir of the starting model")
+    parser.add_argument("--input", required=True, help="the corpus (anything `ra3 prepare` reads)")
+    parser.add_argument("--run-dir", required=True, help="run directory (resumed when it exists)")
+    add_em_phase_arguments(parser, iterations=2)
     parser.add_argument("--no-progress", action="store_true", help="no E-step progress bars")
     add_engine_arguments(parser)
     add_estep_config_arguments(parser)
