@@ -73,6 +73,10 @@ class EStepConfig:
     # same weights, synced after every step; its prefix store already holds the prefixes, so
     # only the options run), else the trainer; "trainer": always a trainer forward pass. (ours)
     old_logprobs: Literal["engine", "trainer"] = "engine"
+    # How q's new weights reach its rollout engine after each RL step (`rl.sync`): "memory"
+    # (named tensors, no disk), "folder" (an HF checkpoint dir written and read), "auto": memory
+    # where the engine declares it can take tensors (vLLM in process, transformers), else folder.
+    weight_sync: Literal["auto", "memory", "folder"] = "auto"
     # --- plumbing ---
     batch_snippets: int = 16  # snippets searched in lockstep: one engine call serves all of them
     max_snippet_tokens: int = 1024  # documents are chunked to this budget (`chunk_snippets`)
@@ -97,7 +101,7 @@ class EStepConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         choices = {"gain_norm": ("mean", "sum"), "decision": ("sample", "force"),
                    "advantage": ("rloo", "grpo"), "old_logprobs": ("engine", "trainer"),
-                   "rl_rows": ("tree", "fold", "plain"),
+                   "rl_rows": ("tree", "fold", "plain"), "weight_sync": ("auto", "memory", "folder"),
                    "comment_lines": ("skip", "allow"), "score_from": ("content", "line")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -11,7 +11,8 @@ Groups whose advantages are all zero carry no signal and are dropped.
 
 The batch layout, the examples and the trainers (`PolicyTrainer`: `rl.torch_trainer`,
 `rl.megatron_trainer`) are shared with GRPO in `ra3_megatron.rl`. After every step the new weights go to the
-rollout engine that samples q: `trainer.export_weights(dir)` then `sampler.load_weights(dir)`.
+rollout engine that samples q (`rl.sync.sync_weights`): in memory where the engine takes named
+tensors, else through a folder the trainer writes and the engine reads.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ra3_megatron.rl.batch import (
     engine_logprobs,
     fold_prefixes,
 )
+from ra3_megatron.rl.sync import sync_weights
 from ra3_megatron.rollout.base import engines_asleep
 
 T = TypeVar("T")
@@ -68,7 +70,7 @@ def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: Pol
     Returns the batch and its record: rows, tokens they hold (padding aside), layout."""
 
     linear = build_batch(examples, pad_id=pad_id)
-    use_engine = cfg.old_logprobs == "engine" and getattr(sampler, "trainer_exact_logprobs", False)
+    use_engine = cfg.old_logprobs == "engine" and sampler.capabilities.trainer_exact_logprobs
     trees = cfg.rl_rows == "tree" and getattr(trainer, "supports_tree_rows", False)
     if trees:
         rows = sorted(tree_rows.plan_trees(examples, cfg.rl_tree_tokens), key=lambda r: r.length)
@@ -169,13 +171,13 @@ def run_rl(
             with engines_asleep(sampler, scorer):  # the trainer gets the accelerator's memory
                 record.update(trainer.step(batch))
             clock.lap("update_s")
-            out = work / f"q_step{step}"
-            trainer.export_weights(out)
-            sampler.load_weights(str(out))
-            clock.lap("sync_s")  # weight sync: export from the trainer + load into the live engine
+            synced = sync_weights(trainer, [sampler], mode=cfg.weight_sync, folder=work / f"q_step{step}",
+                                  keep_folder=True)
+            clock.lap("sync_s")  # trainer -> live engine, in memory or through a folder
+            record["sync_mode"] = synced.mode
             if previous is not None:
                 shutil.rmtree(previous, ignore_errors=True)
-            previous = out
+            previous = work / f"q_step{step}" if synced.mode == "folder" else None
         record.update(clock.laps)
         history.append(record)
         if on_step is not None:

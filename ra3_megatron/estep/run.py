@@ -149,8 +149,7 @@ def run_estep(
     write_rank_done(out, run.rank, result["shards"], result["stats"], {"skipped": skipped, "seconds": seconds})
     manifest = try_write_manifest(out, run.world, {"config": cfg.to_dict(), "model": run.model})
     for engine in {id(e): e for e in (sampler, scorer)}.values():
-        if hasattr(engine, "close"):
-            engine.close()
+        engine.close()
     if manifest is None:
         return {"rank": run.rank, "pending": True, "stats": result["stats"].to_dict()}
     total = SearchStats.from_dict(manifest["stats"])

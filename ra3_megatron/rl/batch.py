@@ -11,7 +11,7 @@ policy-gradient loss).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -48,6 +48,16 @@ class PolicyTrainer(Protocol):
     def export_weights(self, out_dir: str | Path) -> None:
         """The current weights as an HF checkpoint dir (safetensors + config + tokenizer)."""
         ...
+
+    def named_weights(self) -> Iterable[tuple[str, Any]]:
+        """The current weights as (HF name, full tensor) pairs, for an engine's `update_weights`."""
+        ...
+
+    def save_state(self, out_dir: str | Path) -> None:
+        """What a resumed run needs beyond the HF export: optimizer state (Adam moments), step."""
+        ...
+
+    def load_state(self, state_dir: str | Path) -> None: ...
 
     def close(self) -> None:
         """Release the model, the optimizer and any process group the trainer created."""

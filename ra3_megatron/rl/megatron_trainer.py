@@ -212,6 +212,13 @@ class MegatronPolicyTrainer:
     def export_weights(self, out_dir: str | Path) -> None:
         self.engine.save_hf(out_dir, tokenizer_dir=self.tokenizer_dir)
 
+    def named_weights(self):
+        """Collective (every rank of the model's groups iterates it to the end): (HF name, full
+        tensor), the TP shards all-gathered and the PP stages broadcast (`export_hf_state_dict`)."""
+        from ra3_megatron.megatron.convert_weights import export_hf_state_dict
+
+        return export_hf_state_dict(self.engine.chunks)
+
 
 def _shares(rows: int, parts: int) -> list[range]:
     """`rows` consecutive rows cut into `parts` near-equal ranges (empty ones when rows < parts)."""

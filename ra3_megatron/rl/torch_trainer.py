@@ -145,6 +145,10 @@ class TorchPolicyTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])
 
+    def named_weights(self):
+        """(HF name, tensor) of the live model: the transformers names are the HF names."""
+        return self.model.state_dict().items()
+
     def export_weights(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,9 @@ class GRPOConfig:
     # mismatch, e.g. vLLM bf16 vs Megatron fp32; no extra forward pass).
     old_logprobs: Literal["trainer", "rollout"] = "trainer"
     drop_zero_advantage: bool = True  # groups with equal rewards carry no signal: leave them out
+    # How each update's weights reach the rollout engine (`rl.sync`): "memory" (named tensors),
+    # "folder" (the engine reads the step's checkpoint export), "auto": memory where it can.
+    weight_sync: Literal["auto", "memory", "folder"] = "auto"
     # --- optimizer / batches ---
     lr: float = 1e-6
     micro_batch: int = 8  # rows per forward/backward
@@ -53,6 +56,8 @@ class GRPOConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.samples < 2:
             raise ConfigError(f"samples (G) must be >= 2: a group of one has no relative advantage, got {self.samples}")
+        if self.weight_sync not in ("auto", "memory", "folder"):
+            raise ConfigError(f"weight_sync must be auto, memory or folder, got {self.weight_sync!r}")
         if self.max_seq_tokens < self.max_tokens + 1:
             raise ConfigError(f"max_seq_tokens {self.max_seq_tokens} must exceed max_tokens {self.max_tokens}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

@@ -37,6 +37,7 @@ from ra3_megatron.core.rewards import group_advantages
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.files import atomic_write_text
 from ra3_megatron.rl.batch import engine_logprobs
+from ra3_megatron.rl.sync import sync_weights
 from ra3_megatron.rlvr.batch import batch_from_rows, logprob_gap, rollout_stats, rows_from_rollouts
 from ra3_megatron.rlvr.config import GRPOConfig
 from ra3_megatron.rlvr.problems import Problem
@@ -152,7 +153,7 @@ def run_grpo(
     state = _load_state(run)
     done = int(state["done"]) if state else 0
     weights = state["weights"] if state else None
-    if weights and hasattr(trainer, "load_state") and (run / weights / "trainer_state").exists():
+    if weights and (run / weights / "trainer_state").exists():
         trainer.load_state(run / weights / "trainer_state")
     heldout = list(heldout)[: cfg.eval_limit or None]
     log = RunLog(run, resume_step=done if state else -1, total_steps=cfg.steps, progress=progress)
@@ -189,10 +190,10 @@ def run_grpo(
             weights = f"policy/step_{step:06d}"
             shutil.rmtree(run / weights, ignore_errors=True)  # a half-written export of a crashed run
             trainer.export_weights(run / weights)
-            if hasattr(trainer, "save_state"):
-                trainer.save_state(run / weights / "trainer_state")
-            engine.load_weights(str(run / weights))
-            rec["sync_s"] = time.perf_counter() - t0
+            trainer.save_state(run / weights / "trainer_state")
+            rec["save_s"] = time.perf_counter() - t0
+            rec.update(sync_weights(trainer, [engine], mode=cfg.weight_sync, folder=run / weights,
+                                    exported=True).metrics())
         if evaluate and (step % cfg.eval_every == 0 or step == cfg.steps):
             t0 = time.perf_counter()
             rec["heldout_pass1"] = heldout_pass1(engine, heldout, verifier, max_tokens=cfg.eval_tokens, seed=cfg.seed)

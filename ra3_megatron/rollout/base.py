@@ -6,7 +6,14 @@ Two operations serve the whole method:
   per-option middle (E-step: prefix = code so far, middle = the thought line or nothing,
   target = the next tau lines). Grouping tells the engine the prefix is shared, so it can
   compute it once.
-Plus `load_weights` (new policy weights into the live engine, prefix cache reset).
+Plus the weights: `update_weights` (named tensors straight from a trainer, in memory) and
+`load_weights` (an HF safetensors folder), both resetting any prefix cache; and `sleep` /
+`wake_up` (free the accelerator while a trainer trains).
+
+What an engine can do beyond that is declared, not probed: `engine.capabilities` (an
+`EngineCapabilities`) says whether it takes weights in memory, frees memory when asleep, and
+answers the E-step's decision probes and code chains in one pass. Engines subclass
+`RolloutEngineBase`, which declares nothing and implements the optional parts as no-ops.
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ra3_megatron.errors import InputError
 
@@ -64,11 +71,34 @@ class ScoreGroup:
     options: tuple[ScoreOption, ...] = field(default_factory=tuple)
 
 
+# (HF parameter name, full tensor) pairs, in any order: what a trainer's `named_weights()` yields
+# (Megatron shards already gathered: TP all-gathered, PP broadcast) and `update_weights` takes.
+NamedTensors = Iterable[tuple[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineCapabilities:
+    """What an engine declares it can do beyond `generate` and `score_groups`."""
+
+    # update_weights(named tensors) works: the weights reach the engine in memory, no folder.
+    in_memory_weights: bool = False
+    # sleep() really frees accelerator memory (vLLM sleep mode on GPUs); otherwise it is a no-op.
+    frees_memory_asleep: bool = False
+    # token_logprobs_at(ids, positions, tokens): all decision probes of a sequence in one pass.
+    probe_in_one_pass: bool = False
+    # sequence_logprobs(ids, start): the code's own log-probs along a sequence in one pass.
+    chain_in_one_pass: bool = False
+    # Its log-probs are a float32 trainer's on the same weights (to rounding), so RL may take its
+    # PPO old log-probs from the engine instead of a trainer forward pass.
+    trainer_exact_logprobs: bool = False
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """What every backend implements. Token ids are the engine tokenizer's."""
 
     tokenizer: object
+    capabilities: EngineCapabilities
 
     def generate(
         self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig | Sequence[SamplingConfig]
@@ -84,6 +114,11 @@ class RolloutEngine(Protocol):
         """Replace the weights with those of an HF safetensors dir; reset any prefix cache."""
         ...
 
+    def update_weights(self, weights: NamedTensors) -> None:
+        """Replace the weights with these HF-named full tensors, in memory; reset any prefix cache
+        (only where `capabilities.in_memory_weights`)."""
+        ...
+
     def sleep(self) -> None:
         """Free accelerator memory (KV cache, weights) while a trainer updates the policy; a no-op
         where the engine has nothing to free (CPU, the transformers and fake backends)."""
@@ -94,6 +129,26 @@ class RolloutEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class RolloutEngineBase:
+    """The base of every engine: declares no capability; the optional parts are no-ops or refuse."""
+
+    capabilities = EngineCapabilities()
+
+    def update_weights(self, weights: NamedTensors) -> None:
+        raise NotImplementedError(
+            f"{type(self).__name__} does not take weights in memory: give it a folder (load_weights)"
+        )
+
+    def sleep(self) -> None:  # nothing to free unless an engine says so
+        pass
+
+    def wake_up(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @contextlib.contextmanager

@@ -34,7 +34,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ra3_megatron.errors import InputError
-from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
+from ra3_megatron.rollout.base import (
+    Completion,
+    EngineCapabilities,
+    NamedTensors,
+    RolloutEngineBase,
+    SamplingConfig,
+    ScoreGroup,
+    per_prompt,
+)
 from ra3_megatron.rollout.byte_tokenizer import ByteTokenizer
 from ra3_megatron.rollout.common import cut_at_stop, prompt_ids, split_overrides
 
@@ -74,7 +82,9 @@ class _Context:
         return self.totals.get(a, 0.0) + (self.parent.total(a) if self.parent else 0.0)
 
 
-class FakeEngine:
+class FakeEngine(RolloutEngineBase):
+    capabilities = EngineCapabilities(in_memory_weights=True)
+
     def __init__(self, config: FakeConfig | None = None, **overrides):
         if isinstance(overrides.get("corpus"), list):
             overrides["corpus"] = tuple(overrides["corpus"])
@@ -251,11 +261,18 @@ class FakeEngine:
         self.config, self._zb = new, {}
         self.reload_seconds.append(time.perf_counter() - t0)
 
-    def sleep(self) -> None:  # nothing to free: the model lives in host memory
-        pass
+    def update_weights(self, weights: NamedTensors) -> None:
+        """In-memory weights play the seed too: a hash of the tensors' names and bytes, in name
+        order (a trainer's weights in memory and its exported folder give different seeds)."""
+        t0, h = time.perf_counter(), hashlib.sha256()
+        for name, tensor in sorted(weights, key=lambda item: item[0]):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=_uint8()).numpy().tobytes())
+        self.config, self._zb = replace(self.config, seed=int.from_bytes(h.digest()[:8], "little")), {}
+        self.reload_seconds.append(time.perf_counter() - t0)
 
-    def wake_up(self) -> None:
-        pass
 
-    def close(self) -> None:
-        pass
+def _uint8():
+    import torch
+
+    return torch.uint8

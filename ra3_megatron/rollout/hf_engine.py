@@ -7,8 +7,8 @@ batch. `token_logprobs_at` answers the E-step's decision probes and stores their
 temperature / top-p), as vLLM's default `raw_logprobs`. `score_groups` is
 `prefix_scorer.score_groups_prefix_cache` with a `kv_store.PrefixKVStore`, so a prefix that
 extends one scored earlier computes only its new tokens (or the naive full-sequence forward with
-`scorer="naive"`). `load_weights` copies an HF safetensors dir into the live model and clears
-the store; code that changes `engine.model`'s weights in place must call `engine.store.clear()`.
+`scorer="naive"`). `update_weights` copies HF-named tensors (from a trainer, in memory) into the
+live model and `load_weights` an HF safetensors dir; both clear the store. Code that changes `engine.model`'s weights in place must call `engine.store.clear()`.
 
     engine = create_engine("hf", model="path/to/hf_dir", threads=2)
 """
@@ -25,7 +25,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ra3_megatron.errors import InputError
-from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
+from ra3_megatron.rollout.base import (
+    Completion,
+    EngineCapabilities,
+    NamedTensors,
+    RolloutEngineBase,
+    SamplingConfig,
+    ScoreGroup,
+    per_prompt,
+)
 from ra3_megatron.rollout.common import engine_call, prompt_ids, split_overrides
 from ra3_megatron.rollout.hf_sampling import probe_logprobs, sample_batched, sample_rows, sequence_logprobs
 from ra3_megatron.rollout.kv_store import PrefixKVStore
@@ -52,12 +60,13 @@ class HFEngineConfig:
     seed: int = 0  # sampling stream for requests without a seed
 
 
-class HFEngine:
+class HFEngine(RolloutEngineBase):
     @property
-    def trainer_exact_logprobs(self) -> bool:
-        """Whether this engine's log-probs are a float32 trainer's on the same weights (to float
-        rounding): then the E-step's RL takes its PPO old log-probs from here (EStepConfig)."""
-        return self.model.dtype == torch.float32
+    def capabilities(self) -> EngineCapabilities:
+        # In float32 its log-probs are a float32 trainer's on the same weights (to rounding): the
+        # E-step's RL may then take its PPO old log-probs from here (EStepConfig.old_logprobs).
+        return EngineCapabilities(in_memory_weights=True, probe_in_one_pass=True, chain_in_one_pass=True,
+                                  trainer_exact_logprobs=self.model.dtype == torch.float32)
 
     @engine_call  # built, like every engine call, without Megatron's CPU device mode
     def __init__(self, model: str | Path, config: HFEngineConfig | None = None, **overrides):
@@ -161,19 +170,43 @@ class HFEngine:
             self.store.clear()  # K/V computed with the old weights
         self.reload_seconds.append(time.perf_counter() - t0)
 
-    def sleep(self) -> None:  # nothing to free: the model lives in host memory
-        pass
-
-    def wake_up(self) -> None:
-        pass
+    @engine_call
+    def update_weights(self, weights: NamedTensors) -> None:
+        t0 = time.perf_counter()
+        copy_named_weights(self.model, weights, source="update_weights")
+        if self.store is not None:
+            self.store.clear()
+        self.reload_seconds.append(time.perf_counter() - t0)
 
     def close(self) -> None:
         self.model = None
 
 
+def copy_named_weights(model, weights: NamedTensors, *, source: str) -> None:
+    """Copy HF-named tensors into `model`'s parameters in place (dtype and device converted);
+    every parameter must be given once (a tied output layer may be left out), none unknown."""
+    params = dict(model.named_parameters(remove_duplicate=False))  # a tied head under both names
+    buffers = dict(model.named_buffers())
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    seen, unexpected = set(), []
+    with torch.no_grad():
+        for name, tensor in weights:
+            target = params.get(name, buffers.get(name))
+            if target is None:
+                unexpected.append(name)
+                continue
+            if tuple(target.shape) != tuple(tensor.shape):
+                raise InputError(source, f"{name}: shape {tuple(tensor.shape)}, the model has {tuple(target.shape)}")
+            target.copy_(tensor)
+            seen.add(name)
+    missing = sorted(set(params) - seen - tied)
+    if missing or unexpected:
+        raise InputError(source, f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def load_state_dict_from_dir(model, hf_dir: str | Path) -> None:
     """Copy the safetensors weights of an HF checkpoint dir into `model` in place."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     d = Path(hf_dir)
     files = sorted(d.glob("*.safetensors"))
@@ -182,13 +215,11 @@ def load_state_dict_from_dir(model, hf_dir: str | Path) -> None:
     index = d / "model.safetensors.index.json"
     if index.exists():  # sharded: read only the shards the index names
         files = sorted({d / f for f in json.loads(index.read_text())["weight_map"].values()})
-    state = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    missing = sorted(set(missing) - tied)
-    if missing or unexpected:
-        raise InputError(
-            str(d), f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+
+    def tensors():
+        for f in files:
+            with safe_open(str(f), framework="pt") as shard:
+                for name in shard.keys():
+                    yield name, shard.get_tensor(name)
+
+    copy_named_weights(model, tensors(), source=str(d))

@@ -14,7 +14,12 @@ On GPUs the workers start with `spawn`, the memory share comes from the free mem
 and sleep mode lets `sleep()` / `wake_up()` free the device while a trainer updates the policy.
 `scorer="prefix-cache"` keeps a transformers copy of the model and scores with
 `prefix_scorer` instead (vLLM samples, the prefix-cache scorer scores: faster on CPU).
-`load_weights(dir)` = `collective_rpc("reload_weights")` + `reset_prefix_cache()`, no restart.
+Weights change without a restart: `update_weights(named tensors)` hands a trainer's tensors to
+the worker's `reload_weights(weights_iterator=...)` in memory, `load_weights(dir)` has it read a
+folder; both re-tie a tied output layer and reset the prefix cache. The in-memory path needs the
+worker in this process (`in_process`, the default at engine TP 1, on CPU and GPU alike: vLLM's
+engine core and its one worker run in the caller, as RL frameworks colocate them); an engine with
+worker processes of its own (TP > 1) takes weights by folder.
 
 Scripts that create this engine need an `if __name__ == "__main__":` guard (vLLM may spawn).
 
@@ -31,7 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ra3_megatron.errors import ConfigError
-from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup, per_prompt
+from ra3_megatron.rollout.base import (
+    Completion,
+    EngineCapabilities,
+    NamedTensors,
+    RolloutEngineBase,
+    SamplingConfig,
+    ScoreGroup,
+    per_prompt,
+)
 from ra3_megatron.rollout.common import engine_call, prompt_ids, release_cuda_memory, split_overrides
 from ra3_megatron.rollout.kv_store import PrefixKVStore
 
@@ -55,6 +68,10 @@ class VLLMEngineConfig:
     # trainer trains. None: on wherever the platform supports it (GPUs).
     sleep_mode: bool | None = None
     tensor_parallel_size: int = 1
+    # vLLM's engine core and worker in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, executor
+    # "uni"), which is what lets `update_weights` hand over tensors in memory. None: on at
+    # tensor_parallel_size 1 (always on CPU), off above (workers of their own: weights by folder).
+    in_process: bool | None = None
     threads: int | None = None  # CPU: torch threads to keep (vLLM otherwise drops to 1)
     scorer: str = "vllm"  # | "prefix-cache"
     warm_prefixes: bool = True  # score: compute each distinct prefix once before its options
@@ -112,11 +129,23 @@ class PromptLogprobs:
         return self.entries[i - self.offset][token].logprob
 
 
+def runs_in_process(cfg: VLLMEngineConfig, on_cpu: bool) -> bool:
+    """Whether the engine's worker runs in the caller's process (see VLLMEngineConfig.in_process)."""
+    if on_cpu:
+        return True
+    if cfg.in_process and cfg.tensor_parallel_size > 1:
+        raise ConfigError(
+            f"in_process=True with tensor_parallel_size={cfg.tensor_parallel_size}: a vLLM engine over several "
+            "GPUs runs a worker process per GPU; leave in_process unset (weights then go by folder)"
+        )
+    return cfg.in_process if cfg.in_process is not None else cfg.tensor_parallel_size == 1
+
+
 def engine_env(cfg: VLLMEngineConfig, on_cpu: bool) -> dict[str, str]:
     """Environment set (unless the user set it) before the engine starts.
 
-    CPU: one process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), and OMP_NUM_THREADS when `threads` is
-    given (vLLM keeps torch's thread count only then). GPU: workers start with `spawn`. A process
+    In process (always on CPU): `VLLM_ENABLE_V1_MULTIPROCESSING=0`; on CPU also OMP_NUM_THREADS when
+    `threads` is given (vLLM keeps torch's thread count only then). Otherwise workers start with `spawn`. A process
     that has touched CUDA (a trainer, or `torch.cuda` calls) cannot fork a CUDA worker ("Cannot
     re-initialize CUDA in forked subprocess", vLLM issue 15681); vLLM switches to spawn only when
     it sees `torch.cuda.is_initialized()`, which a bare device query does not set.
@@ -126,6 +155,8 @@ def engine_env(cfg: VLLMEngineConfig, on_cpu: bool) -> dict[str, str]:
         if cfg.threads:
             env["OMP_NUM_THREADS"] = str(cfg.threads)
         return env
+    if runs_in_process(cfg, on_cpu):
+        return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     return {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
 
 
@@ -175,8 +206,10 @@ def llm_kwargs(cfg: VLLMEngineConfig, *, on_cpu: bool, max_len: int, gpu_memory:
         "enforce_eager": cfg.enforce_eager,
         "tensor_parallel_size": cfg.tensor_parallel_size,
     }
+    if runs_in_process(cfg, on_cpu):
+        kwargs["distributed_executor_backend"] = "uni"
     if on_cpu:
-        kwargs.update(distributed_executor_backend="uni", kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30))
+        kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
     else:
         free, total = gpu_memory if gpu_memory is not None else (0, 0)
         kwargs["gpu_memory_utilization"] = gpu_memory_fraction(cfg.gpu_memory_utilization, free, total)
@@ -196,7 +229,11 @@ def _platform_is_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-class VLLMEngine:
+class VLLMEngine(RolloutEngineBase):
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(in_memory_weights=self.in_process, frees_memory_asleep=self.sleep_enabled)
+
     @engine_call  # built without Megatron's CPU device mode: vLLM's compiled graphs must not capture it
     def __init__(self, model: str | Path, config: VLLMEngineConfig | None = None, **overrides):
         self.config = cfg = split_overrides(VLLMEngineConfig, config, overrides)
@@ -211,6 +248,8 @@ class VLLMEngine:
         self._torch_threads = (torch.set_num_threads, torch.get_num_threads())
         for key, value in engine_env(cfg, self.on_cpu).items():
             os.environ.setdefault(key, value)
+        # A user's VLLM_ENABLE_V1_MULTIPROCESSING=1 wins: the engine core then has a process of its own.
+        self.in_process = runs_in_process(cfg, self.on_cpu) and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         if self.on_cpu and cfg.threads:
             torch.set_num_threads(cfg.threads)
         # A default process group that exists now is the trainer's: close() must leave it alone.
@@ -226,7 +265,8 @@ class VLLMEngine:
         self.block_size = kwargs.get("block_size", 16)
         self.sleep_enabled = bool(kwargs.get("enable_sleep_mode"))
         self.asleep = False
-        self._weights_dir: str | None = None
+        self._weights_dir: str | None = None  # the folder of the last load_weights
+        self._weights_in_memory = False  # the weights came by update_weights since
         self.llm = LLM(model=self.model_path, **kwargs)
         self.scorer_model = None
         self.store = PrefixKVStore(512 << 20)  # for the prefix-cache scorer (kv_store)
@@ -256,6 +296,9 @@ class VLLMEngine:
             self.scorer_model = None
             self.store.clear()
         elif self.scorer_model is None:
+            if self._weights_in_memory:
+                raise ConfigError("the weights came in memory (update_weights): a transformers scorer copy "
+                                  "made now would not have them; choose scorer='prefix-cache' at start")
             import torch
             from transformers import AutoModelForCausalLM
 
@@ -364,17 +407,38 @@ class VLLMEngine:
     def load_weights(self, hf_dir: str) -> None:
         t0 = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(hf_dir)})
+        self._weights_dir, self._weights_in_memory = str(hf_dir), False
+        if self.scorer_model is not None:
+            from ra3_megatron.rollout.hf_engine import load_state_dict_from_dir
+
+            load_state_dict_from_dir(self.scorer_model, hf_dir)
+        self._after_new_weights(t0)
+
+    @engine_call
+    def update_weights(self, weights: NamedTensors) -> None:
+        """The weights from HF-named tensors in memory: on the worker, `reload_weights` with a
+        weights iterator (vLLM's in-place reload, which renames and fuses like loading a checkpoint)."""
+        if not self.in_process:
+            raise ConfigError("this vLLM engine's worker runs in a process of its own (in_process is off): "
+                              "weights reach it by folder (load_weights)")
+        t0 = time.perf_counter()
+        if self.scorer_model is not None:  # the transformers copy reads the same tensors
+            weights = list(weights)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        if self.scorer_model is not None:
+            from ra3_megatron.rollout.hf_engine import copy_named_weights
+
+            copy_named_weights(self.scorer_model, weights, source="update_weights")
+        self._weights_dir, self._weights_in_memory = None, True
+        self._after_new_weights(t0)
+
+    def _after_new_weights(self, t0: float) -> None:
         # A tied output layer (SmolLM2, Llama-3.2, Qwen2.5) has no tensor of its own in the
         # checkpoint: the in-place reload skips it and puts its old kernel back, so logits kept
         # the previous weights (on CPU up to 0.6 nats per token off). Tie and prepare it again.
         self.llm.collective_rpc(retie_output_layer)
         # Without this, cached blocks computed with the old weights would be reused.
         self.llm.reset_prefix_cache()
-        self._weights_dir = str(hf_dir)
-        if self.scorer_model is not None:
-            from ra3_megatron.rollout.hf_engine import load_state_dict_from_dir
-
-            load_state_dict_from_dir(self.scorer_model, hf_dir)
         self.store.clear()
         self.reload_seconds.append(time.perf_counter() - t0)
 

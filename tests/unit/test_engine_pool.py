@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from ra3_megatron.rollout.base import RolloutEngineBase
 from ra3_megatron.rollout.pool import EnginePool
 
 pytestmark = pytest.mark.unit
 
 
-class Recording:
+class Recording(RolloutEngineBase):
     def __init__(self, model):
         self.events, self.tokenizer = [("start", model)], "tok"
 

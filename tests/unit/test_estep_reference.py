@@ -10,12 +10,13 @@ import pytest
 from ra3_megatron.estep.batch import run_searches
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.reference import reference_searches
+from ra3_megatron.rollout.base import RolloutEngineBase
 from ra3_megatron.rollout.fake import FakeEngine
 
 pytestmark = pytest.mark.unit
 
 
-class SomeThoughtsHelp:
+class SomeThoughtsHelp(RolloutEngineBase):
     """The fake LM, with +0.5 nats per scored token after a thought (a middle holding "#") whose
     ids sum to 0 mod 3: some thoughts win, decided by their content, so chosen thoughts change
     later prefixes."""

@@ -98,12 +98,13 @@ def test_old_logprobs_come_from_the_engine_only_when_it_computes_the_trainers(ti
 
     from ra3_megatron.estep.config import EStepConfig
     from ra3_megatron.estep.rl import run_rl
+    from ra3_megatron.rollout.base import EngineCapabilities
     from ra3_megatron.rollout.fake import FakeEngine
 
     code = "def f(a, b):\n    x = a + b\n    y = x * 2\n    return y\n"
     sampler = FakeEngine(corpus=[code], tokenizer=str(tiny_tokenizer_dir))
     scorer = FakeEngine(corpus=[code], tokenizer=str(tiny_tokenizer_dir))
-    sampler.trainer_exact_logprobs = exact
+    sampler.capabilities = EngineCapabilities(trainer_exact_logprobs=exact)
     sampler.load_weights = lambda d: None
     trainer = _RecordingTrainer()
     cfg = EStepConfig(rl_steps=1, rl_snippets=2, decision="force", penalty=0.05, python=False)
@@ -181,12 +182,13 @@ def test_tree_rows_carry_the_engines_log_probs_of_each_loss_token(tiny_tokenizer
     from ra3_megatron.estep.batch import run_searches
     from ra3_megatron.estep.config import EStepConfig
     from ra3_megatron.estep.rl import policy_batch
+    from ra3_megatron.rollout.base import EngineCapabilities
     from ra3_megatron.rollout.fake import FakeEngine
 
     code = "".join(f"def f{i}(a, b):\n    x = a + {i}\n    y = x * b\n    return y\n" for i in range(3))
     sampler = FakeEngine(corpus=[code], tokenizer=str(tiny_tokenizer_dir))
     scorer = FakeEngine(corpus=[code], tokenizer=str(tiny_tokenizer_dir), copy_weight=0.3)
-    sampler.trainer_exact_logprobs = True
+    sampler.capabilities = EngineCapabilities(trainer_exact_logprobs=True)
 
     class TreeTrainer(_RecordingTrainer):
         supports_tree_rows = True

@@ -10,14 +10,14 @@ import pytest
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.batch import search_snippet
 from ra3_megatron.estep.config import EStepConfig
-from ra3_megatron.rollout.base import Completion, per_prompt
+from ra3_megatron.rollout.base import Completion, RolloutEngineBase, per_prompt
 
 pytestmark = pytest.mark.unit
 
 CODE = "def f(a, b):\n    x = a + b\n    y = x * 2\n\n    z = y - 1\n    return z\n"
 
 
-class ScriptedEngine:
+class ScriptedEngine(RolloutEngineBase):
     """Target tokens score -1 each, +bonus each when the middle is the thought 'good idea'.
 
     `p_think` is q's probability of the '#' decision; samples cycle through `samples`.

@@ -11,19 +11,20 @@ import pytest
 from ra3_megatron.core.latent import InfusedSnippet, Thought
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.thinking import candidate_lines, read_snippets, think_summary
-from ra3_megatron.rollout.base import ScoreGroup, ScoreOption
+from ra3_megatron.rollout.base import EngineCapabilities, RolloutEngineBase, ScoreGroup, ScoreOption
 from ra3_megatron.rollout.fake import FakeEngine
 
 pytestmark = pytest.mark.unit
 
 
-class Recorder:
+class Recorder(RolloutEngineBase):
     """A fake engine that keeps the scored sequences; `think=True` answers every shared-sequence
     decision probe with log q("#") = 0, so the model thinks wherever it is asked."""
 
     def __init__(self, engine, think: bool = False):
         self.engine, self.tokenizer, self.scored = engine, engine.tokenizer, []
         if think:
+            self.capabilities = EngineCapabilities(probe_in_one_pass=True)
             self.token_logprobs_at = lambda ids, positions, tokens: [0.0] * len(positions)
 
     def score_groups(self, groups):

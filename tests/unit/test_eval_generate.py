@@ -10,7 +10,13 @@ import pytest
 from ra3_megatron.cli.main import main
 from ra3_megatron.eval.benchmarks import load_problem_file
 from ra3_megatron.eval.generate import existing_counts, generate_samples
-from ra3_megatron.rollout.base import Completion, RolloutEngine, SamplingConfig, register_engine
+from ra3_megatron.rollout.base import (
+    Completion,
+    RolloutEngine,
+    RolloutEngineBase,
+    SamplingConfig,
+    register_engine,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -22,7 +28,7 @@ ANSWERS = {  # prompt marker -> what the "model" writes (with text past a stop s
 }
 
 
-class TinyEngine:
+class TinyEngine(RolloutEngineBase):
     """Deterministic stand-in for a model: a canned answer per prompt; records every call."""
 
     calls: list[tuple[list[str], SamplingConfig]] = []

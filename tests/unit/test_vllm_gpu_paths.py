@@ -76,6 +76,16 @@ class FakeLLM:
     def sleep(self, level=1):
         self.slept = level
 
+    def collective_rpc(self, method, args=(), kwargs=None):
+        """Records what each weight reload handed the worker (named tensors consumed here)."""
+        kwargs = dict(kwargs or {})
+        if "weights_iterator" in kwargs:
+            kwargs["weights_iterator"] = list(kwargs["weights_iterator"])
+        self.rpcs = [*getattr(self, "rpcs", []), (method if isinstance(method, str) else method.__name__, kwargs)]
+
+    def reset_prefix_cache(self):
+        self.resets = getattr(self, "resets", 0) + 1
+
     def wake_up(self, tags=None):
         self.woke = True
 
@@ -119,7 +129,8 @@ def cuda_present(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (60 * GIB, 80 * GIB))
     for key in ("VLLM_WORKER_MULTIPROC_METHOD", "VLLM_ENABLE_V1_MULTIPROCESSING"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # so that the engine's setdefault is undone after the test
+        monkeypatch.delenv(key)
 
 
 def test_prompt_logprobs_read_the_same_from_either_shape():
@@ -156,20 +167,44 @@ def test_scores_with_prefix_cache_hits_equal_the_model_in_both_shapes(fake_vllm,
     assert engine.llm.cached  # the cache was read, not bypassed
 
 
-def test_gpu_engine_starts_workers_with_spawn_and_sizes_its_memory(fake_vllm, cuda_present, tiny_model_dir):
+def test_gpu_engine_at_tp1_runs_in_this_process_takes_weights_in_memory_and_sleeps(fake_vllm, cuda_present,
+                                                                                    tiny_model_dir):
+    import torch
+
     for chunked in (True, False):
         engine = VLLMEngine(tiny_model_dir, chunked_prefill=chunked)
         llm = engine.llm
-        assert llm.env_at_start["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
-        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in llm.env_at_start  # the CPU-only switch
+        assert llm.env_at_start["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # colocated: engine core in process
+        assert llm.kwargs["distributed_executor_backend"] == "uni"
         assert llm.kwargs["gpu_memory_utilization"] == pytest.approx(0.45 * 60 / 80)  # on both branches
         assert llm.kwargs["enable_sleep_mode"] is True
-        assert "distributed_executor_backend" not in llm.kwargs
+        assert engine.capabilities.in_memory_weights and engine.capabilities.frees_memory_asleep
+        weights = [("model.embed_tokens.weight", torch.ones(2, 3)), ("model.norm.weight", torch.zeros(3))]
+        engine.update_weights(iter(weights))
+        (name, kwargs), (retie, _) = llm.rpcs
+        assert name == "reload_weights" and kwargs["weights_iterator"] == weights  # the same tensor objects
+        assert retie == "retie_output_layer" and llm.resets == 1
         engine.sleep()
         assert llm.slept == 1 and engine.asleep
         engine.wake_up()
         assert llm.woke and not engine.asleep
         engine.close()
+
+
+def test_gpu_engine_over_several_gpus_spawns_workers_and_takes_weights_by_folder(fake_vllm, cuda_present,
+                                                                                 tiny_model_dir):
+    engine = VLLMEngine(tiny_model_dir, tensor_parallel_size=2)
+    assert engine.llm.env_at_start["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine.llm.env_at_start
+    assert "distributed_executor_backend" not in engine.llm.kwargs
+    assert not engine.capabilities.in_memory_weights
+    with pytest.raises(ConfigError, match="by folder"):
+        engine.update_weights([])
+    engine.load_weights(str(tiny_model_dir))
+    assert [m for m, _ in engine.llm.rpcs] == ["reload_weights", "retie_output_layer"]
+    engine.close()
+    with pytest.raises(ConfigError, match="in_process=True with tensor_parallel_size=2"):
+        VLLMEngine(tiny_model_dir, tensor_parallel_size=2, in_process=True)
 
 
 def test_close_leaves_the_trainers_process_group_alone(fake_vllm, cuda_present, tiny_model_dir, tmp_path):
