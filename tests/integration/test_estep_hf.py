@@ -10,6 +10,7 @@ import pytest
 from ra3_megatron.estep.batch import search_snippet
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.probe import probe_logprobs
+from ra3_megatron.rollout.base import RolloutEngineBase
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def test_probe_fast_path_matches_score_groups(hf_engine):
     positions = [3, 10, len(ids) - 1]
     tokens = [ids[3], 17, 42]
 
-    class ScoreOnly:  # the same engine seen without its transformers model: the fallback path
+    class ScoreOnly(RolloutEngineBase):  # the same engine declaring no one-pass probe: the fallback path
         tokenizer = hf_engine.tokenizer
         score_groups = staticmethod(hf_engine.score_groups)
 
