@@ -28,6 +28,7 @@ Scripts that create this engine need an `if __name__ == "__main__":` guard (vLLM
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
@@ -220,6 +221,26 @@ def llm_kwargs(cfg: VLLMEngineConfig, *, on_cpu: bool, max_len: int, gpu_memory:
     if not (cfg.chunked_prefill if cfg.chunked_prefill is not None else not on_cpu):
         kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_len, 8192))
     return kwargs
+
+
+@contextlib.contextmanager
+def _default_group_kept():
+    """torch's default process group survives the block (destroying it is skipped; vLLM's own
+    subgroups are still destroyed)."""
+    import torch.distributed as dist
+
+    destroy = dist.destroy_process_group
+
+    def destroy_all_but_the_default(group=None):
+        if group is None or group is dist.GroupMember.WORLD:
+            return None
+        return destroy(group)
+
+    dist.destroy_process_group = destroy_all_but_the_default
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = destroy
 
 
 def _platform_is_cpu() -> bool:
@@ -446,18 +467,20 @@ class VLLMEngine(RolloutEngineBase):
     def close(self) -> None:
         if getattr(self, "llm", None) is None:
             return
-        self.llm = self.scorer_model = None
-        gc.collect()
-        try:  # single-process mode leaves the distributed state behind; a new engine needs it gone
-            from vllm.distributed import parallel_state
+        # In process, the engine core shuts down when the LLM is collected, and its teardown
+        # (`cleanup_dist_env_and_memory`) destroys torch's default process group too. When that
+        # group is a trainer's or the torchrun job's (vLLM built its groups inside it), it must
+        # outlive the engine: the other ranks still train and gather over it.
+        with contextlib.nullcontext() if self._owns_default_group else _default_group_kept():
+            self.llm = self.scorer_model = None
+            gc.collect()
+            try:  # single-process mode leaves the distributed state behind; a new engine needs it gone
+                from vllm.distributed import parallel_state
 
-            parallel_state.destroy_model_parallel()
-            # This also destroys torch's default process group: only when the engine created it.
-            # A trainer's group (q's RL, GRPO) outlives the engine; vLLM reuses its world group.
-            if self._owns_default_group:
+                parallel_state.destroy_model_parallel()
                 parallel_state.destroy_distributed_environment()
-        except Exception:  # noqa: BLE001 - best effort on shutdown
-            pass
+            except Exception:  # noqa: BLE001 - best effort on shutdown
+                pass
         import torch
 
         release_cuda_memory()  # the engine's memory goes back before the next phase allocates
