@@ -116,6 +116,30 @@ def build_batch(examples: Sequence[RLExample], pad_id: int = 0, multiple: int = 
             "advantages": adv}
 
 
+def data_parallel_rows(rows: int, rows_per_update: int, dp_rank: int, dp: int) -> list[int]:
+    """This data-parallel rank's rows of a batch every rank holds whole (the same rows in the
+    same order): each optimizer step's `rows_per_update` rows (the last step: what is left) are
+    cut into `dp` consecutive near-equal parts and part `dp_rank` is this rank's. The union of a
+    step's parts is the step one rank would take; with a token-sum loss and gradients summed over
+    the ranks, the update is one rank's (`MegatronPolicyTrainer.step`)."""
+    if rows_per_update % dp:
+        raise ValueError(f"rows_per_update {rows_per_update} is not a multiple of the data-parallel size {dp}")
+    out: list[int] = []
+    for start in range(0, rows, rows_per_update):
+        base, extra = divmod(min(rows_per_update, rows - start), dp)
+        lo = start + dp_rank * base + min(dp_rank, extra)
+        out.extend(range(lo, lo + base + (dp_rank < extra)))
+    return out
+
+
+def take_rows(batch: Batch, rows: Sequence[int]) -> Batch:
+    """The batch's tensors at these rows (possibly none), other entries as they are."""
+    import torch
+
+    index = torch.tensor(list(rows), dtype=torch.long)
+    return {k: (v.index_select(0, index) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
 def trim(batch: Batch, multiple: int = 16) -> Batch:
     """The batch cut after its last loss position (rounded up to `multiple`): with causal
     attention the later columns change nothing, so a slice of short rows skips their padding."""

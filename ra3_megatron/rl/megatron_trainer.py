@@ -9,8 +9,12 @@ One RL batch is split into optimizer steps of `rows_per_update` rows (the engine
 each cut into the engine's micro-batches (`_updates`: without a pipeline each is trimmed to its
 own rows; rows without loss fill what a step lacks and add no loss and no tokens). Tree rows
 (`rl.tree_rows`) are trained when the attention applies explicit masks (`supports_tree_rows`).
-Runs on one rank (`ra3 estep --trainer megatron`); when the E-step workers are the ranks of a torchrun
-job, worker 0 trains q in a process group of its own (the other workers only infuse).
+With `job_wide=True` the trainer spans every rank of the torchrun job at the given TP/PP (DP =
+world / (TP x PP)): each data-parallel rank steps on its own rows (`rl.batch.data_parallel_rows`
+cuts a batch every rank holds), the ranks agree on the number of optimizer steps, and Megatron
+sums the gradients and the loss tokens over them, so the update equals one rank's on all rows.
+Without it (the default) the trainer runs alone in a one-rank process group of its own, also when
+its process is one worker of a torchrun job.
 
     trainer = MegatronPolicyTrainer.from_hf(model_dir, lr=1e-5, micro_batch=4, rows_per_update=16)
 """
@@ -54,7 +58,12 @@ class MegatronPolicyTrainer:
         self.engine = engine
         self.clip_eps, self.kl_coef = clip_eps, kl_coef
         self.tokenizer_dir = tokenizer_dir
-        self.rows_per_update = engine.cfg.global_batch_size
+        from megatron.core import parallel_state as ps
+
+        self.rows_per_update = engine.cfg.global_batch_size  # over all data-parallel ranks
+        self.dp = ps.get_data_parallel_world_size()
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.local_rows = self.rows_per_update // self.dp  # this rank's rows per optimizer step
         self.steps = 0
         # Tree rows (rl.tree_rows) need an attention that applies the batch's mask and RoPE at
         # the batch's position ids: Megatron's local attention, not Transformer Engine's.
@@ -78,6 +87,7 @@ class MegatronPolicyTrainer:
         tp: int = 1,
         pp: int = 1,
         seed: int = 1234,
+        job_wide: bool = False,
     ) -> MegatronPolicyTrainer:
         import torch.distributed as dist
 
@@ -88,7 +98,7 @@ class MegatronPolicyTrainer:
         if rows_per_update % micro_batch:
             raise ConfigError(f"rows_per_update {rows_per_update} must be a multiple of micro_batch {micro_batch}")
         owns_group = not dist.is_initialized()
-        with _own_process_group():
+        with contextlib.nullcontext() if job_wide else _own_process_group():
             init_distributed(ParallelConfig(tp=tp, pp=pp, seed=seed))
         optim = OptimConfig(lr=lr, min_lr=lr, lr_decay_style="constant", weight_decay=0.0, clip_grad=1.0)
         engine = MegatronEngine.from_hf(
@@ -124,52 +134,63 @@ class MegatronPolicyTrainer:
 
         out = torch.zeros(batch["loss_mask"].shape, dtype=torch.float32)
         rows = int(out.shape[0])
-        size = self.rows_per_update if self._pipelined() else self.engine.cfg.micro_batch_size
+        size = self.local_rows if self._pipelined() else self.engine.cfg.micro_batch_size
         for start in range(0, rows, size):
             part = trim({k: v[start : start + size] for k, v in batch.items() if torch.is_tensor(v)})
             lp = self.engine.forward_logprobs(part).float().cpu()
             out[start : start + lp.shape[0], : lp.shape[1]] = lp
         return out
 
-    def _updates(self, batch: dict[str, Any]):
-        """Per optimizer step, its micro-batches. Without a pipeline each micro-batch holds a
-        share of the rows and is cut after its own last loss position (rows arrive sorted by
-        length, so there is little padding), and a step with fewer rows than micro-batches gets
-        one-row, 16-token micro-batches without loss; a pipeline needs one shape throughout, so
-        there the last step is filled with copies of a row whose loss mask is zero."""
+    def _agreed_updates(self, rows: int) -> int:
+        """Optimizer steps for this rank's `rows`: the most any data-parallel rank needs (each step
+        is a collective; a rank with fewer rows steps on rows without loss)."""
+        import torch
+        import torch.distributed as dist
+        from megatron.core import parallel_state as ps
+
+        count = -(-rows // self.local_rows)
+        if self.dp > 1:
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+            t = torch.tensor([count], dtype=torch.long, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
+            count = int(t.item())
+        return count
+
+    def _updates(self, batch: dict[str, Any], count: int):
+        """`count` optimizer steps of this rank's rows, `local_rows` each, as micro-batches.
+        Without a pipeline each micro-batch holds a share of the step's rows and is cut after its
+        own last loss position (rows arrive sorted by length, so there is little padding), and a
+        step with fewer rows than micro-batches gets one-row, 16-token micro-batches without loss;
+        a pipeline needs one shape throughout, so there a short step is filled with rows of
+        zeros whose loss mask is zero."""
         import torch
 
         from ra3_megatron.rl.batch import trim
 
-        rows = int(batch["tokens"].shape[0])
         keys = [k for k, v in batch.items() if torch.is_tensor(v)]
-        n = self.rows_per_update
-        mbs = self.engine.cfg.micro_batch_size
+        n, mbs = self.local_rows, self.engine.cfg.micro_batch_size
         pipelined = self._pipelined()
-        for start in range(0, rows, n):
-            part = {k: batch[k][start : start + n] for k in keys}
+        for u in range(count):
+            part = {k: batch[k][u * n : (u + 1) * n] for k in keys}
             if not pipelined:
                 yield [self._micro(part, chunk) for chunk in _shares(int(part["tokens"].shape[0]), n // mbs)]
                 continue
             pad = n - int(part["tokens"].shape[0])
             if pad:
-                filler = {k: v[:1].expand(pad, *v.shape[1:]) for k, v in part.items()}
-                filler["loss_mask"] = torch.zeros_like(filler["loss_mask"])
-                part = {k: torch.cat([part[k], filler[k]]) for k in keys}
-            part = trim(part)
+                part = {k: torch.cat([v, v.new_zeros((pad, *v.shape[1:]))]) for k, v in part.items()}
+            part = trim(part) if part["loss_mask"].any() else part
             yield [{k: v[i : i + mbs].contiguous() for k, v in part.items()} for i in range(0, n, mbs)]
 
     @staticmethod
     def _micro(part: dict[str, Any], rows: range) -> dict[str, Any]:
-        import torch
-
         from ra3_megatron.rl.batch import trim
 
         if len(rows):
             return trim({k: v[rows.start : rows.stop] for k, v in part.items()})
-        filler = {k: (v[:1, :, :16, :16] if v.dim() == 4 else v[:1, :16]).contiguous() for k, v in part.items()}
-        filler["loss_mask"] = torch.zeros_like(filler["loss_mask"])
-        return filler
+        # No rows here: one row of 16 zero tokens without loss ([1, 16], or [1, 1, 16, 16] for
+        # an attention mask); the batch this rank holds may have no rows at all.
+        return {k: v.new_zeros((1, 16)) if v.dim() == 2 else v.new_zeros((1, *v.shape[1:-2], 16, 16))
+                for k, v in part.items()}
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         from ra3_megatron.megatron.forward_step import policy_gradient_loss_factory
@@ -177,7 +198,7 @@ class MegatronPolicyTrainer:
         loss = policy_gradient_loss_factory(clip_eps=self.clip_eps, kl_coef=self.kl_coef)
         sums: dict[str, list[float]] = {}
         grad_norms = []
-        for micro in self._updates(batch):
+        for micro in self._updates(batch, self._agreed_updates(int(batch["tokens"].shape[0]))):
             result = self.engine.train_step(iter(micro), loss)
             grad_norms.append(result.grad_norm)
             for k, (s, c) in result.stats.items():
