@@ -7,7 +7,13 @@ Writes OUTPUT/part-*.jsonl shards of records {"id", "text", "thoughts": [{"line"
 OUTPUT/manifest.json (what `ra3 prepare --input OUTPUT` reads), stats.json, report.md and
 TensorBoard scalars (OUTPUT/tb). Every EStepConfig field is a flag (`--position-fraction 0.5`).
 Rerun the same command to resume after a crash. Several workers share one output with
-`--workers W --worker-rank R` (default: WORLD_SIZE / RANK from the environment); worker 0 runs RL.
+`--workers W --worker-rank R` (default: WORLD_SIZE / RANK from the environment). Under torchrun
+with the Megatron trainer, RL on q runs on every rank (`--rl-ranks all`: each searches its share of
+the snippets, one data-parallel update at `--tp`/`--pp`, q synced into every rank's engine in
+memory); otherwise worker 0 runs RL and the others wait for q:
+
+    torchrun --nproc-per-node 2 -m ra3_megatron.cli.main estep --model M --input src/ --output out \
+        --backend vllm --rl-steps 2
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="RL trainer for q: megatron (the MegatronEngine) or torch (transformers); "
                             "auto: megatron, torch with --backend fake")
     group.add_argument("--threads", type=int, default=None, help="torch threads in this process")
+
     group.add_argument("--score-matmul-dtype", choices=("float32", "bfloat16"), default="float32",
                        help="--backend hf on CPU: bfloat16 scores with bf16 matmuls (fp32 accumulation), "
                             "~1.6x faster, a token's log-prob off by ~0.03 on average (default: float32)")
@@ -44,6 +51,16 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fake-corpus-docs", type=int, default=2000, help="--backend fake: at most this many")
     group.add_argument("--fake-alpha", type=float, default=0.001, help="--backend fake: add-alpha smoothing")
     group.add_argument("--fake-copy-weight", type=float, default=0.5, help="--backend fake: copy-head weight")
+
+
+def add_rl_job_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("RL over the job's ranks")
+    group.add_argument("--rl-ranks", choices=("auto", "all", "first"), default="auto",
+                       help="who runs RL on q: all ranks of the torchrun job (one data-parallel trainer, "
+                            "rollouts on every rank) or the first worker alone; auto: all under torchrun "
+                            "with the Megatron trainer, else first")
+    group.add_argument("--tp", type=int, default=1, help="q's Megatron trainer: tensor-parallel size (--rl-ranks all)")
+    group.add_argument("--pp", type=int, default=1, help="q's Megatron trainer: pipeline-parallel size (--rl-ranks all)")
 
 
 def _fake_corpus(path: str, limit: int) -> tuple[str, ...]:
@@ -86,8 +103,30 @@ def engine_factory(args: argparse.Namespace):
     return make
 
 
-def trainer_factory(args: argparse.Namespace, cfg: EStepConfig):
-    kind = args.trainer if args.trainer != "auto" else ("torch" if args.backend == "fake" else "megatron")
+def trainer_kind(args: argparse.Namespace) -> str:
+    return args.trainer if args.trainer != "auto" else ("torch" if args.backend == "fake" else "megatron")
+
+
+def rl_ranks(args: argparse.Namespace, cfg: EStepConfig) -> str:
+    """"all" or "first" (see --rl-ranks), checked against how the workers were started."""
+    under_torchrun = args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == args.workers
+    choice = args.rl_ranks
+    if choice == "auto":
+        choice = "all" if under_torchrun and trainer_kind(args) == "megatron" and cfg.rl_steps > 0 else "first"
+    if choice == "all" and args.workers > 1:
+        if not under_torchrun:
+            raise ConfigError("--rl-ranks all needs the workers started by torchrun (WORLD_SIZE = --workers)")
+        if trainer_kind(args) != "megatron":
+            raise ConfigError("--rl-ranks all needs --trainer megatron (the torch trainer runs on one process)")
+    if (args.tp > 1 or args.pp > 1) and choice != "all":
+        raise ConfigError("--tp/--pp shard q's trainer over the job's ranks: they need --rl-ranks all under torchrun")
+    return choice
+
+
+def trainer_factory(args: argparse.Namespace, cfg: EStepConfig, *, job_wide: bool = False, tp: int = 1,
+                    pp: int = 1, world: int = 1):
+    """model dir -> q's trainer; `job_wide`: a Megatron trainer over all `world` ranks at tp x pp."""
+    kind = trainer_kind(args)
 
     def make(model_dir: str):
         if kind == "torch":
@@ -98,9 +137,13 @@ def trainer_factory(args: argparse.Namespace, cfg: EStepConfig):
         from ra3_megatron.rl.megatron_trainer import MegatronPolicyTrainer
 
         mbs = min(cfg.micro_batch, 4)
+        # An optimizer step of 4 micro-batches' rows, a multiple of what the data-parallel ranks
+        # take at once (the same steps, so the same updates, at any DP that divides it).
+        dp = max(1, world // (tp * pp)) if job_wide else 1
+        rows = -(-4 * mbs // (mbs * dp)) * mbs * dp
         return MegatronPolicyTrainer.from_hf(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
-                                             micro_batch=mbs, rows_per_update=max(mbs, 4 * mbs),
-                                             seq_length=cfg.max_rl_tokens, seed=cfg.seed)
+                                             micro_batch=mbs, rows_per_update=rows, seq_length=cfg.max_rl_tokens,
+                                             seed=cfg.seed, tp=tp, pp=pp, job_wide=job_wide)
 
     return make
 
@@ -118,6 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-q", action="store_true", help="keep q's weights in OUTPUT/rl/q")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar / RL step lines")
     add_engine_arguments(parser)
+    add_rl_job_arguments(parser)
     add_estep_config_arguments(parser)
 
 
@@ -133,11 +177,24 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    ranks = rl_ranks(args, cfg)
+    job_wide = ranks == "all" and args.workers > 1
     run_cfg = EStepRun(model=args.model, input=args.input, output=args.output, rank=args.worker_rank,
-                       world=args.workers, limit=args.limit, keep_q=args.keep_q, progress=not args.no_progress)
-    make_trainer = trainer_factory(args, cfg)
-    stats = run_estep(run_cfg, cfg, make_engine=engine_factory(args),
-                      make_trainer=lambda: make_trainer(args.model))
+                       world=args.workers, limit=args.limit, keep_q=args.keep_q, progress=not args.no_progress,
+                       rl_ranks=ranks)
+    make_trainer = trainer_factory(args, cfg, job_wide=job_wide, tp=args.tp, pp=args.pp, world=args.workers)
+    if job_wide:  # the job's process group before any engine: vLLM builds its own groups inside it
+        from ra3_megatron.megatron.parallel import ParallelConfig, init_distributed
+
+        init_distributed(ParallelConfig(tp=args.tp, pp=args.pp, seed=cfg.seed))
+    try:
+        stats = run_estep(run_cfg, cfg, make_engine=engine_factory(args),
+                          make_trainer=lambda: make_trainer(args.model))
+    finally:
+        if job_wide:
+            from ra3_megatron.megatron.parallel import destroy_distributed
+
+            destroy_distributed()
     if stats.get("pending"):
         print(f"worker {args.worker_rank}: done; waiting for the other workers to finish {args.output}")
         return 0

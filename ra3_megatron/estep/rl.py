@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -36,9 +35,12 @@ from ra3_megatron.rl.batch import (
     PolicyTrainer,
     RLExample,
     build_batch,
+    data_parallel_rows,
     engine_logprobs,
     fold_prefixes,
+    take_rows,
 )
+from ra3_megatron.rl.job import Job
 from ra3_megatron.rl.sync import sync_weights
 from ra3_megatron.rollout.base import engines_asleep
 
@@ -64,10 +66,12 @@ def examples_from_groups(groups: Iterable[PositionGroup], max_tokens: int, fold:
 
 def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: PolicyTrainer, cfg: EStepConfig,
                  pad_id: int) -> tuple[Batch, dict[str, Any]]:
-    """The step's batch with old (and, with KL, reference) log-probs: tree rows when the config
-    asks for them and the trainer can train them (`rl.tree_rows`), else one row per example.
-    Engine log-probs are computed on the linear rows (engines score sequences) and moved over.
-    Returns the batch and its record: rows, tokens they hold (padding aside), layout."""
+    """This rank's rows of the step's batch with old (and, with KL, reference) log-probs: tree
+    rows when the config asks for them and the trainer can train them (`rl.tree_rows`), else one
+    row per example. Every rank builds the whole batch from the same examples and keeps its
+    data-parallel rows (all of them on one rank). Engine log-probs are computed on the linear rows
+    (engines score sequences) and moved over. Returns the rows and the whole batch's record:
+    rows, tokens they hold (padding aside), layout."""
 
     linear = build_batch(examples, pad_id=pad_id)
     use_engine = cfg.old_logprobs == "engine" and sampler.capabilities.trainer_exact_logprobs
@@ -80,15 +84,19 @@ def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: Pol
     else:
         batch = linear
         row_tokens, layout = sum(len(e.tokens) for e in examples), "plain" if cfg.rl_rows == "plain" else "fold"
+    n_rows = int(batch["tokens"].shape[0])
+    mine = (list(range(n_rows)) if trainer.dp == 1
+            else data_parallel_rows(n_rows, trainer.rows_per_update, trainer.dp_rank, trainer.dp))
+    own = take_rows(batch, mine)
 
-    def from_engine(engine):
+    def from_engine(engine):  # the whole batch on this rank's engine, then this rank's rows
         lp = engine_logprobs(engine, linear)
-        return tree_rows.move(lp, src, where, batch["loss_mask"].shape) if trees else lp
+        return (tree_rows.move(lp, src, where, batch["loss_mask"].shape) if trees else lp)[mine]
 
-    batch["old_logprobs"] = from_engine(sampler) if use_engine else trainer.logprobs(batch)
+    own["old_logprobs"] = from_engine(sampler) if use_engine else trainer.logprobs(own)
     if cfg.kl_coef:
-        batch["ref_logprobs"] = from_engine(scorer)
-    return batch, {"rows": int(batch["tokens"].shape[0]), "row_tokens": row_tokens, "row_layout": layout}
+        own["ref_logprobs"] = from_engine(scorer)
+    return own, {"rows": n_rows, "row_tokens": row_tokens, "row_layout": layout}
 
 
 class _Clock:
@@ -139,31 +147,39 @@ def run_rl(
     cfg: EStepConfig,
     work_dir: str | Path,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    job: Job | None = None,
 ) -> list[dict[str, Any]]:
-    """`cfg.rl_steps` steps: search `rl_snippets` snippets, update q, reload q into the sampler."""
+    """`cfg.rl_steps` steps: search `rl_snippets` snippets, update q, sync q into the sampler.
+
+    Over a job of several ranks (`job`, with a trainer over the same ranks), each rank searches
+    its share of the step's snippets with its own engines, all ranks gather the groups in
+    snippet order (so each builds the batch one process would), the trainer takes one
+    data-parallel update, and every rank's sampler gets the new weights. The history is the same
+    on every rank."""
     if cfg.rl_steps and sampler is scorer:
         raise ValueError("RL on q needs a sampler engine separate from the scorer pi (pi stays fixed)")
+    job = job or Job()
     work = Path(work_dir)
     pad_id = getattr(sampler.tokenizer, "pad_token_id", None) or 0
     history: list[dict[str, Any]] = []
-    previous: Path | None = None
     for step in range(cfg.rl_steps):
         clock = _Clock()
         jobs = list(itertools.islice(snippets, cfg.rl_snippets))
-        results = run_searches(jobs, sampler=sampler, scorer=scorer, cfg=cfg, phase=f"rl{step}")
+        mine = run_searches(job.share(jobs), sampler=sampler, scorer=scorer, cfg=cfg, phase=f"rl{step}")
+        results = job.gather_in_order([(r.groups, r.stats) for r in mine])
         clock.lap("search_s")
         stats = SearchStats()
-        for r in results:
-            stats.merge(r.stats)
-        examples = examples_from_groups((g for r in results for g in r.groups), cfg.max_rl_tokens,
+        for _, s in results:
+            stats.merge(s)
+        examples = examples_from_groups((g for groups, _ in results for g in groups), cfg.max_rl_tokens,
                                         fold=cfg.rl_rows != "plain")
         # Shortest first: the trainer's update slices then hold rows of similar length, so
         # trimming each slice after its last loss position leaves little padding to compute.
         examples.sort(key=lambda e: len(e.tokens))
-        record: dict[str, Any] = {"step": step, **stats.summary(), "groups": sum(len(r.groups) for r in results),
+        record: dict[str, Any] = {"step": step, **stats.summary(), "groups": sum(len(g) for g, _ in results),
                                   "examples": sum(len(e.spans()) for e in examples),
-                                  "snippet_ids": [snippet_id for snippet_id, _ in jobs]}
-        if examples:
+                                  "snippet_ids": [snippet_id for snippet_id, _ in jobs], "ranks": job.world}
+        if examples:  # the same on every rank: all hold the gathered examples
             batch, rows = policy_batch(examples, sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
                                        pad_id=pad_id)
             record.update(rows)
@@ -171,13 +187,9 @@ def run_rl(
             with engines_asleep(sampler, scorer):  # the trainer gets the accelerator's memory
                 record.update(trainer.step(batch))
             clock.lap("update_s")
-            synced = sync_weights(trainer, [sampler], mode=cfg.weight_sync, folder=work / f"q_step{step}",
-                                  keep_folder=True)
+            synced = sync_weights(trainer, [sampler], mode=cfg.weight_sync, folder=work / "sync")
             clock.lap("sync_s")  # trainer -> live engine, in memory or through a folder
             record["sync_mode"] = synced.mode
-            if previous is not None:
-                shutil.rmtree(previous, ignore_errors=True)
-            previous = work / f"q_step{step}" if synced.mode == "folder" else None
         record.update(clock.laps)
         history.append(record)
         if on_step is not None:

@@ -6,9 +6,13 @@
 
 - pi (the scorer) is the model at `model`, fixed for the whole E-step; q (the sampler) starts as
   a copy of it and is the one RL trains; with rl_steps = 0 one engine serves as both.
-- RL runs on worker 0 (its snippets: the first `rl_snippets * rl_steps` of the stream, cycled
-  when the corpus is smaller); q's final weights go to OUTPUT/rl/q and the step history to
-  OUTPUT/rl/history.json. Other workers wait for that file, then load q.
+- RL on q draws `rl_snippets * rl_steps` snippets from the whole stream (seeded, new in every EM
+  round; cycled when the corpus is smaller). With `rl_ranks="all"` (the workers are the ranks of
+  one torchrun job and the trainer spans them) every worker searches its share of each step's
+  snippets, the trainer takes one data-parallel update, and each worker's q engine gets the new
+  weights in memory. With `rl_ranks="first"` worker 0 runs RL alone and the others wait for
+  OUTPUT/rl/history.json, then load q from OUTPUT/rl/q. Either way q's final weights are written
+  to OUTPUT/rl/q (what a resumed run loads) and the step history to OUTPUT/rl/history.json.
 - The infusion pass is sharded and resumable (`estep.infuse`, `estep.shards`); the worker that
   completes the set writes manifest.json, stats.json, report.md and TensorBoard scalars.
 A rerun on the same output resumes at the phase where it stopped; a finished one returns its stats.
@@ -44,8 +48,16 @@ class EStepRun:
     limit: int | None = None  # only the first N snippets of the stream (quick runs)
     keep_q: bool = False  # keep OUTPUT/rl/q (q's weights) after the E-step finished
     progress: bool = True
-    wait_timeout_s: float = 24 * 3600.0  # workers > 0 wait this long for worker 0's RL phase
+    wait_timeout_s: float = 24 * 3600.0  # rl_ranks="first": workers > 0 wait this long for worker 0's RL
     iteration: int = 0  # for TensorBoard steps when run inside EM
+    # Who runs RL on q: "all" workers (the ranks of one torchrun job; `make_trainer` must build a
+    # trainer over all of them and the default process group must exist before any engine), or
+    # the "first" alone.
+    rl_ranks: str = "first"
+
+    def __post_init__(self) -> None:
+        if self.rl_ranks not in ("first", "all"):
+            raise ConfigError(f"rl_ranks must be 'first' or 'all', got {self.rl_ranks!r}")
 
 
 def _check_config(out: Path, run: EStepRun, cfg: EStepConfig) -> None:
@@ -72,6 +84,53 @@ def _wait_for(path: Path, timeout_s: float) -> None:
         time.sleep(2.0)
 
 
+def _run_rl_phase(run: EStepRun, cfg: EStepConfig, out: Path, scorer, make_engine, make_trainer,
+                  reader_opts: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+    """RL on q (on this worker, and on the others too with rl_ranks="all"): returns q's engine,
+    holding the trained weights, and the seconds spent."""
+    from ra3_megatron.rl.job import Job
+
+    if make_trainer is None:
+        raise ConfigError("rl_steps > 0 needs a policy trainer")
+    job = Job.of_default_group() if run.rl_ranks == "all" else Job()
+    if job.world != (run.world if run.rl_ranks == "all" else 1):
+        raise ConfigError(f"rl_ranks='all' over {run.world} workers, but the default process group has "
+                          f"{job.world} ranks: start the workers with torchrun and the process group first")
+    t0 = time.perf_counter()
+    sampler = make_engine(run.model)
+    trainer = make_trainer()
+    seconds = {"load": time.perf_counter() - t0}
+    t0 = time.perf_counter()  # "rl": the steps themselves (search, update, weight sync)
+    (out / "rl").mkdir(exist_ok=True)
+
+    def log_step(r: dict[str, Any]) -> None:
+        if run.progress and job.is_main:
+            print(f"[estep] RL step {r['step'] + 1}/{cfg.rl_steps}: reward {r['reward']:.4f}, "
+                  f"think rate {r['think_rate']:.3f}, rollout share {r['rollout_share']:.2f}, "
+                  f"loss {r.get('loss', float('nan')):.4f}, {r['examples']} examples in "
+                  f"{r.get('rows', 0)} {r.get('row_layout', '')} rows of {r.get('row_tokens', 0)} tokens"
+                  + (f", {job.world} ranks" if job.world > 1 else ""), flush=True)
+
+    # The steps' snippets: a seeded draw over the whole corpus, new in every EM round (the same
+    # draw on every rank). A corpus smaller than the steps need is cycled.
+    stream = iter_snippets(run.input, scorer.tokenizer, cfg, **reader_opts)
+    picked = sample_snippets(stream, cfg.rl_steps * cfg.rl_snippets, rl_seed(cfg.seed, run.iteration))
+    history = run_rl(itertools.cycle(picked), sampler=sampler, scorer=scorer, trainer=trainer, cfg=cfg,
+                     work_dir=out / "rl", on_step=log_step, job=job)
+    q_dir = out / "rl" / "q"
+    if any("loss" in r for r in history):  # q moved: its weights for resumed runs and --keep-q
+        if job.is_main:
+            shutil.rmtree(q_dir, ignore_errors=True)
+        trainer.export_weights(q_dir)  # collective over the trainer's ranks; its first rank writes
+    trainer.close()
+    del trainer
+    release_cuda_memory()  # q's trainer (weights, grads, Adam) leaves the GPU to the engines
+    if job.is_main:
+        atomic_write_text(out / "rl" / "history.json", json.dumps(history, indent=1) + "\n")
+    seconds["rl"] = time.perf_counter() - t0
+    return sampler, seconds
+
+
 def run_estep(
     run: EStepRun,
     cfg: EStepConfig,
@@ -92,47 +151,17 @@ def run_estep(
     scorer = make_engine(run.model)
     seconds["load"] = time.perf_counter() - t0
     history_path = out / "rl" / "history.json"
+    q_dir = out / "rl" / "q"
     sampler = scorer
     if cfg.rl_steps > 0:
-        if run.rank == 0 and not history_path.is_file():
-            if make_trainer is None:
-                raise ConfigError("rl_steps > 0 needs a policy trainer")
-            t0 = time.perf_counter()
-            sampler = make_engine(run.model)
-            trainer = make_trainer()
-            seconds["load"] += time.perf_counter() - t0
-            t0 = time.perf_counter()  # "rl": the steps themselves (search, update, weight sync)
-            (out / "rl").mkdir(exist_ok=True)
-
-            def stream():
-                return iter_snippets(run.input, scorer.tokenizer, cfg, **reader_opts)
-
-            def log_step(r: dict[str, Any]) -> None:
-                if run.progress:
-                    print(f"[estep] RL step {r['step'] + 1}/{cfg.rl_steps}: reward {r['reward']:.4f}, "
-                          f"think rate {r['think_rate']:.3f}, rollout share {r['rollout_share']:.2f}, "
-                          f"loss {r.get('loss', float('nan')):.4f}, {r['examples']} examples in "
-                          f"{r.get('rows', 0)} {r.get('row_layout', '')} rows of {r.get('row_tokens', 0)} tokens",
-                          flush=True)
-
-            # The steps' snippets: a seeded draw over the whole corpus, new in every EM round.
-            picked = sample_snippets(stream(), cfg.rl_steps * cfg.rl_snippets, rl_seed(cfg.seed, run.iteration))
-            # A corpus smaller than the steps need is cycled.
-            history = run_rl(itertools.cycle(picked), sampler=sampler, scorer=scorer, trainer=trainer,
-                             cfg=cfg, work_dir=out / "rl", on_step=log_step)
-            trainer.close()
-            del trainer
-            release_cuda_memory()  # q's trainer (weights, grads, Adam) leaves the GPU to the engines
-            q_dir = out / "rl" / "q"
-            shutil.rmtree(q_dir, ignore_errors=True)
-            last = sorted((out / "rl").glob("q_step*"), key=lambda p: int(p.name[len("q_step"):]))
-            if last:
-                last[-1].rename(q_dir)
-            atomic_write_text(history_path, json.dumps(history, indent=1) + "\n")
-            seconds["rl"] = time.perf_counter() - t0
+        rl_here = run.rl_ranks == "all" or run.rank == 0
+        if rl_here and not history_path.is_file():
+            sampler, rl_seconds = _run_rl_phase(run, cfg, out, scorer, make_engine, make_trainer, reader_opts)
+            seconds["load"] += rl_seconds.pop("load")
+            seconds.update(rl_seconds)
         else:
-            _wait_for(history_path, run.wait_timeout_s)
-            q_dir = out / "rl" / "q"
+            if run.rl_ranks == "first":
+                _wait_for(history_path, run.wait_timeout_s)
             sampler = make_engine(str(q_dir)) if q_dir.is_dir() else make_engine(run.model)
     history = json.loads(history_path.read_text(encoding="utf-8")) if history_path.is_file() else []
 

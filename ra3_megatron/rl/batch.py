@@ -37,6 +37,12 @@ class RLExample:
 
 @runtime_checkable
 class PolicyTrainer(Protocol):
+    # Data parallelism: this trainer's rank among `dp` ranks that each step on their rows of a
+    # batch all of them hold (`data_parallel_rows`, `rows_per_update` rows per optimizer step).
+    dp: int
+    dp_rank: int
+    rows_per_update: int | None
+
     def logprobs(self, batch: Batch) -> Any:
         """log q(labels) per position, [B, s] float32, under the current weights (no update)."""
         ...

@@ -15,6 +15,8 @@ from typing import Any
 
 
 class TorchPolicyTrainer:
+    dp, dp_rank = 1, 0  # one process: it trains every row of a batch
+
     def __init__(
         self,
         model_dir: str | Path,

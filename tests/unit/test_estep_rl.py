@@ -71,6 +71,8 @@ def test_trim_cuts_after_the_last_loss_position():
 
 
 class _RecordingTrainer:
+    dp, dp_rank, rows_per_update = 1, 0, None
+
     def __init__(self, engines=()):
         self.logprob_calls, self.olds = 0, []
         self.engines, self.awake_during_step = engines, []
