@@ -22,6 +22,7 @@ import argparse
 import os
 
 from ra3_megatron.cli.config_args import add_config_arguments, config_from_args
+from ra3_megatron.cli.rl_job import add_rl_job_arguments, job_process_group, resolve_rl_ranks, rows_per_update
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.config import EStepConfig
 
@@ -51,16 +52,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fake-corpus-docs", type=int, default=2000, help="--backend fake: at most this many")
     group.add_argument("--fake-alpha", type=float, default=0.001, help="--backend fake: add-alpha smoothing")
     group.add_argument("--fake-copy-weight", type=float, default=0.5, help="--backend fake: copy-head weight")
-
-
-def add_rl_job_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("RL over the job's ranks")
-    group.add_argument("--rl-ranks", choices=("auto", "all", "first"), default="auto",
-                       help="who runs RL on q: all ranks of the torchrun job (one data-parallel trainer, "
-                            "rollouts on every rank) or the first worker alone; auto: all under torchrun "
-                            "with the Megatron trainer, else first")
-    group.add_argument("--tp", type=int, default=1, help="q's Megatron trainer: tensor-parallel size (--rl-ranks all)")
-    group.add_argument("--pp", type=int, default=1, help="q's Megatron trainer: pipeline-parallel size (--rl-ranks all)")
 
 
 def _fake_corpus(path: str, limit: int) -> tuple[str, ...]:
@@ -107,22 +98,6 @@ def trainer_kind(args: argparse.Namespace) -> str:
     return args.trainer if args.trainer != "auto" else ("torch" if args.backend == "fake" else "megatron")
 
 
-def rl_ranks(args: argparse.Namespace, cfg: EStepConfig) -> str:
-    """"all" or "first" (see --rl-ranks), checked against how the workers were started."""
-    under_torchrun = args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == args.workers
-    choice = args.rl_ranks
-    if choice == "auto":
-        choice = "all" if under_torchrun and trainer_kind(args) == "megatron" and cfg.rl_steps > 0 else "first"
-    if choice == "all" and args.workers > 1:
-        if not under_torchrun:
-            raise ConfigError("--rl-ranks all needs the workers started by torchrun (WORLD_SIZE = --workers)")
-        if trainer_kind(args) != "megatron":
-            raise ConfigError("--rl-ranks all needs --trainer megatron (the torch trainer runs on one process)")
-    if (args.tp > 1 or args.pp > 1) and choice != "all":
-        raise ConfigError("--tp/--pp shard q's trainer over the job's ranks: they need --rl-ranks all under torchrun")
-    return choice
-
-
 def trainer_factory(args: argparse.Namespace, cfg: EStepConfig, *, job_wide: bool = False, tp: int = 1,
                     pp: int = 1, world: int = 1):
     """model dir -> q's trainer; `job_wide`: a Megatron trainer over all `world` ranks at tp x pp."""
@@ -140,7 +115,7 @@ def trainer_factory(args: argparse.Namespace, cfg: EStepConfig, *, job_wide: boo
         # An optimizer step of 4 micro-batches' rows, a multiple of what the data-parallel ranks
         # take at once (the same steps, so the same updates, at any DP that divides it).
         dp = max(1, world // (tp * pp)) if job_wide else 1
-        rows = -(-4 * mbs // (mbs * dp)) * mbs * dp
+        rows = rows_per_update(4 * mbs, mbs, dp)
         return MegatronPolicyTrainer.from_hf(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
                                              micro_batch=mbs, rows_per_update=rows, seq_length=cfg.max_rl_tokens,
                                              seed=cfg.seed, tp=tp, pp=pp, job_wide=job_wide)
@@ -161,7 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-q", action="store_true", help="keep q's weights in OUTPUT/rl/q")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar / RL step lines")
     add_engine_arguments(parser)
-    add_rl_job_arguments(parser)
+    add_rl_job_arguments(parser, what="RL on q")
     add_estep_config_arguments(parser)
 
 
@@ -177,24 +152,15 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    ranks = rl_ranks(args, cfg)
+    ranks = resolve_rl_ranks(args, trainer=trainer_kind(args), workers=args.workers, rl_on=cfg.rl_steps > 0)
     job_wide = ranks == "all" and args.workers > 1
     run_cfg = EStepRun(model=args.model, input=args.input, output=args.output, rank=args.worker_rank,
                        world=args.workers, limit=args.limit, keep_q=args.keep_q, progress=not args.no_progress,
                        rl_ranks=ranks)
     make_trainer = trainer_factory(args, cfg, job_wide=job_wide, tp=args.tp, pp=args.pp, world=args.workers)
-    if job_wide:  # the job's process group before any engine: vLLM builds its own groups inside it
-        from ra3_megatron.megatron.parallel import ParallelConfig, init_distributed
-
-        init_distributed(ParallelConfig(tp=args.tp, pp=args.pp, seed=cfg.seed))
-    try:
+    with job_process_group(job_wide, tp=args.tp, pp=args.pp, seed=cfg.seed):
         stats = run_estep(run_cfg, cfg, make_engine=engine_factory(args),
                           make_trainer=lambda: make_trainer(args.model))
-    finally:
-        if job_wide:
-            from ra3_megatron.megatron.parallel import destroy_distributed
-
-            destroy_distributed()
     if stats.get("pending"):
         print(f"worker {args.worker_rank}: done; waiting for the other workers to finish {args.output}")
         return 0

@@ -9,16 +9,29 @@ OUTPUT/metrics.jsonl, OUTPUT/tensorboard, OUTPUT/report.md with curves.png, and 
 the last step in OUTPUT/policy/step_K (an HF checkpoint). Rerun the same command to resume.
 The problem file format: `ra3_megatron/rlvr/problems.py`. MBPP is read from --mbpp-dir, else
 env RA3_MBPP_DIR, else the copy shipped with the package (CC BY 4.0).
+
+Under torchrun with the Megatron trainer every rank samples and rewards its share of each step's
+problems, and one data-parallel trainer at --tp x --pp updates the policy (--rl-ranks all):
+
+    torchrun --nproc-per-node 2 -m ra3_megatron.cli.main rlvr --model M --output runs/grpo ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ra3_megatron.cli.config_args import add_config_arguments as _add_config_arguments
 from ra3_megatron.cli.config_args import config_from_args as _config_from_args
+from ra3_megatron.cli.rl_job import (
+    add_rl_job_arguments,
+    job_process_group,
+    resolve_rl_ranks,
+    rows_per_update,
+    torchrun_world,
+)
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.rlvr.config import GRPOConfig
 
@@ -51,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in this process")
     parser.add_argument("--enforce-eager", action="store_true", help="vLLM: no CUDA graphs / torch.compile")
     parser.add_argument("--no-progress", action="store_true")
+    add_rl_job_arguments(parser, what="GRPO")
     add_config_arguments(parser)
 
 
@@ -67,8 +81,10 @@ def make_engine(backend: str, model_dir: str, threads: int | None = None, eager:
     return create_engine("vllm", model=str(model_dir), max_model_len=context, threads=threads, enforce_eager=eager)
 
 
-def make_trainer(kind: str, model_dir: str, cfg: GRPOConfig, threads: int | None = None):
-    """The E-step's PolicyTrainer implementations, configured for GRPO."""
+def make_trainer(kind: str, model_dir: str, cfg: GRPOConfig, threads: int | None = None, *,
+                 job_wide: bool = False, tp: int = 1, pp: int = 1, world: int = 1):
+    """The E-step's PolicyTrainer implementations, configured for GRPO (`job_wide`: a Megatron
+    trainer over all `world` ranks of the torchrun job at tp x pp)."""
     if kind == "torch":
         from ra3_megatron.rl.torch_trainer import TorchPolicyTrainer
 
@@ -78,11 +94,13 @@ def make_trainer(kind: str, model_dir: str, cfg: GRPOConfig, threads: int | None
     from ra3_megatron.rl.megatron_trainer import MegatronPolicyTrainer
 
     mbs = cfg.micro_batch
-    rows = cfg.rows_per_update or cfg.prompts_per_step * cfg.samples
-    rows = -(-rows // mbs) * mbs  # a whole number of micro-batches
+    dp = max(1, world // (tp * pp)) if job_wide else 1
+    # whole micro-batches on every data-parallel rank
+    rows = rows_per_update(cfg.rows_per_update or cfg.prompts_per_step * cfg.samples, mbs, dp)
     return MegatronPolicyTrainer.from_hf(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
                                          micro_batch=mbs, rows_per_update=rows,
-                                         seq_length=-(-cfg.max_seq_tokens // 16) * 16, seed=cfg.seed)
+                                         seq_length=-(-cfg.max_seq_tokens // 16) * 16, seed=cfg.seed,
+                                         tp=tp, pp=pp, job_wide=job_wide)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -107,9 +125,11 @@ def _check_resume(out: Path, body: dict) -> None:
             changed = sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
             raise ConfigError(f"{out} holds an RLVR run with another configuration ({', '.join(changed)} differ); "
                               "use a new --output or the same options")
-    else:
+    elif int(os.environ.get("RANK", "0")) == 0:  # one writer when the ranks of a job all start here
+        from ra3_megatron.files import atomic_write_text
+
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(body, indent=1, sort_keys=True) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,20 +151,31 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     done, weights = resume_point(out, args.model)
+    world = torchrun_world()
+    job_wide = resolve_rl_ranks(args, trainer=kind, workers=world) == "all" and world > 1
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     if done >= cfg.steps:
-        print(f"rlvr: {out} already finished {done} steps; report: {out / 'report.md'}")
+        if main_rank:
+            print(f"rlvr: {out} already finished {done} steps; report: {out / 'report.md'}")
         return 0
-    if done:
+    if done and main_rank:
         print(f"rlvr: resuming {out} after step {done} from {weights}")
-    trainer = make_trainer(kind, weights, cfg, args.threads)
-    engine = make_engine(args.backend, weights, args.threads, args.enforce_eager)
-    reference = make_engine(args.backend, args.model, args.threads, args.enforce_eager) if cfg.kl_coef else None
-    with Verifier(SandboxConfig(mode=args.sandbox_mode), workers=args.sandbox_workers) as verifier:
-        summary = run_grpo(cfg, problems=problems, heldout=heldout, engine=engine, trainer=trainer,
-                           verifier=verifier, run_dir=out, model_dir=args.model, reference=reference,
-                           progress=not args.no_progress)
-    for e in {id(e): e for e in (engine, reference) if e is not None}.values():
-        e.close()
+    with job_process_group(job_wide, tp=args.tp, pp=args.pp, seed=cfg.seed):
+        from ra3_megatron.rl.job import Job
+
+        trainer = make_trainer(kind, weights, cfg, args.threads, job_wide=job_wide, tp=args.tp, pp=args.pp,
+                               world=world)
+        engine = make_engine(args.backend, weights, args.threads, args.enforce_eager)
+        reference = make_engine(args.backend, args.model, args.threads, args.enforce_eager) if cfg.kl_coef else None
+        with Verifier(SandboxConfig(mode=args.sandbox_mode), workers=args.sandbox_workers) as verifier:
+            summary = run_grpo(cfg, problems=problems, heldout=heldout, engine=engine, trainer=trainer,
+                               verifier=verifier, run_dir=out, model_dir=args.model, reference=reference,
+                               progress=not args.no_progress, job=Job.of_default_group() if job_wide else None)
+        for e in {id(e): e for e in (engine, reference) if e is not None}.values():
+            e.close()
+        trainer.close()
+    if not summary:  # not the first rank: it writes no report
+        return 0
     held = (f"; held-out pass@1 {summary['heldout_first']:.3f} -> {summary['heldout_last']:.3f}"
             if summary["heldout_pass1"] else "")
     print(f"rlvr: {summary['steps']} steps; mean reward {summary['reward_first']:.3f} (first 5) -> "

@@ -16,6 +16,12 @@ The exported weights are also the checkpoint: RUN/state.json names the last fini
 weights, and a rerun resumes there with the trainer's optimizer state (`save_state` /
 `load_state`, saved beside the weights as RUN/policy/step_K/trainer_state).
 
+Over a torchrun job (`job`, with a trainer built over the same ranks) every rank samples and
+rewards its share of the step's problems with its own engine, all ranks gather the groups in
+problem order, each data-parallel rank trains its rows of the whole batch, and every rank's
+engine gets the new weights; the held-out problems are shared out the same way. The first rank
+writes the metrics, the report and state.json.
+
     result = run_grpo(cfg, problems=train, heldout=test, engine=engine, trainer=trainer,
                       verifier=Verifier(), run_dir="runs/grpo", model_dir="ckpt/")
 """
@@ -36,7 +42,8 @@ import numpy as np
 from ra3_megatron.core.rewards import group_advantages
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.files import atomic_write_text
-from ra3_megatron.rl.batch import engine_logprobs
+from ra3_megatron.rl.batch import data_parallel_rows, engine_logprobs, take_rows
+from ra3_megatron.rl.job import Job
 from ra3_megatron.rl.sync import sync_weights
 from ra3_megatron.rlvr.batch import batch_from_rows, logprob_gap, rollout_stats, rows_from_rollouts
 from ra3_megatron.rlvr.config import GRPOConfig
@@ -85,11 +92,31 @@ def generate(engine, problems: Sequence[Problem], sampling: SamplingConfig, seed
     return ids, out
 
 
-def heldout_pass1(engine, problems: Sequence[Problem], verifier, *, max_tokens: int, seed: int) -> float:
-    """Greedy pass@1: one completion per problem at temperature 0."""
-    _, comps = generate(engine, problems, SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed))
-    rewards = verifier.rewards(problems, [[c[0].text] for c in comps])
-    return float(np.mean(rewards))
+def heldout_pass1(engine, problems: Sequence[Problem], verifier, *, max_tokens: int, seed: int,
+                  job: Job | None = None) -> float:
+    """Greedy pass@1: one completion per problem at temperature 0 (each rank of `job` its share)."""
+    job = job or Job()
+    mine = job.share(list(problems))
+    rewards: list[float] = []
+    if mine:
+        _, comps = generate(engine, mine, SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed))
+        rewards = [float(r[0]) for r in verifier.rewards(mine, [[c[0].text] for c in comps])]
+    return float(np.mean(job.gather_in_order(rewards)))
+
+
+def rollouts(engine, chosen: Sequence[Problem], sampling: SamplingConfig, seeds: Sequence[int], verifier,
+             job: Job) -> tuple[list, list, np.ndarray, dict[str, float]]:
+    """(prompt ids, completions, rewards [problems, G], seconds) of the step's problems; each rank
+    of `job` samples and rewards its share, then all hold every problem's, in problem order."""
+    mine = job.share(list(range(len(chosen))))
+    t0 = time.perf_counter()
+    ids, comps = generate(engine, [chosen[i] for i in mine], sampling, seeds=[seeds[i] for i in mine]) if mine \
+        else ([], [])
+    t1 = time.perf_counter()
+    rewards = verifier.rewards([chosen[i] for i in mine], [[c.text for c in g] for g in comps]) if mine else []
+    seconds = {"rollout_s": t1 - t0, "reward_s": time.perf_counter() - t1}
+    got = job.gather_in_order([(i, c, [float(x) for x in r]) for i, c, r in zip(ids, comps, rewards)])
+    return [g[0] for g in got], [g[1] for g in got], np.asarray([g[2] for g in got], dtype=np.float64), seconds
 
 
 def _load_state(run_dir: Path) -> dict[str, Any] | None:
@@ -114,6 +141,8 @@ def _train(cfg: GRPOConfig, trainer, reference, ids, comps, rewards, pad_id: int
     if not rows:
         return rec
     batch = batch_from_rows(rows, pad_id=pad_id)
+    if trainer.dp > 1:  # this data-parallel rank's rows of the batch every rank built
+        batch = take_rows(batch, data_parallel_rows(len(rows), trainer.rows_per_update, trainer.dp_rank, trainer.dp))
     rollout_lp = batch.pop("rollout_logprobs", None)
     if cfg.old_logprobs == "trainer" or rollout_lp is None:
         batch["old_logprobs"] = trainer.logprobs(batch)
@@ -141,6 +170,7 @@ def run_grpo(
     reference=None,
     progress: bool = True,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    job: Job | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) GRPO; `engine` and `trainer` must already hold the `resume_point` weights.
 
@@ -156,30 +186,31 @@ def run_grpo(
     if weights and (run / weights / "trainer_state").exists():
         trainer.load_state(run / weights / "trainer_state")
     heldout = list(heldout)[: cfg.eval_limit or None]
-    log = RunLog(run, resume_step=done if state else -1, total_steps=cfg.steps, progress=progress)
+    job = job or Job()
+    log = RunLog(run, resume_step=done if state else -1, total_steps=cfg.steps, progress=progress) if job.is_main \
+        else None
     pad_id = getattr(engine.tokenizer, "pad_token_id", None) or 0
     evaluate = bool(heldout) and cfg.eval_every > 0
     if state is None:
         rec0: dict[str, Any] = {"step": 0}
         if evaluate:
             t0 = time.perf_counter()
-            rec0["heldout_pass1"] = heldout_pass1(engine, heldout, verifier, max_tokens=cfg.eval_tokens, seed=cfg.seed)
+            rec0["heldout_pass1"] = heldout_pass1(engine, heldout, verifier, max_tokens=cfg.eval_tokens,
+                                                  seed=cfg.seed, job=job)
             rec0["eval_s"] = time.perf_counter() - t0
-        log.log(rec0)
-        atomic_write_text(run / STATE, json.dumps({"done": 0, "weights": None}) + "\n")
+        if job.is_main:
+            log.log(rec0)
+            atomic_write_text(run / STATE, json.dumps({"done": 0, "weights": None}) + "\n")
     for step in range(done + 1, cfg.steps + 1):
-        rec: dict[str, Any] = {"step": step}
-        t0 = time.perf_counter()
+        rec: dict[str, Any] = {"step": step, **({"ranks": job.world} if job.world > 1 else {})}
         chosen = [problems[i] for i in problems_for_step(len(problems), cfg.prompts_per_step, step - 1, cfg.seed)]
         # One seed per (step, problem): independent groups (one seed for the whole call would give
         # every prompt the same draws), and a resumed step samples what the uninterrupted run did.
         sampling = SamplingConfig(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_tokens=cfg.max_tokens, logprobs=True)
-        ids, comps = generate(engine, chosen, sampling, seeds=[step_seed(cfg.seed, "rollout", step, p.task_id) for p in chosen])
-        rec["rollout_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rewards = np.asarray(verifier.rewards(chosen, [[c.text for c in g] for g in comps]), dtype=np.float64)
-        rec["reward_s"] = time.perf_counter() - t0
+        seeds = [step_seed(cfg.seed, "rollout", step, p.task_id) for p in chosen]
+        ids, comps, rewards, seconds = rollouts(engine, chosen, sampling, seeds, verifier, job)
+        rec.update(seconds)
         rec.update(rollout_stats(rewards, comps))
         t0 = time.perf_counter()
         rec.update(_train(cfg, trainer, reference, ids, comps, rewards, pad_id, engines=(engine,)))
@@ -188,22 +219,26 @@ def run_grpo(
         if rec["rows"]:  # new weights: export (= checkpoint) and sync into the live engine
             t0 = time.perf_counter()
             weights = f"policy/step_{step:06d}"
-            shutil.rmtree(run / weights, ignore_errors=True)  # a half-written export of a crashed run
-            trainer.export_weights(run / weights)
+            if job.is_main:
+                shutil.rmtree(run / weights, ignore_errors=True)  # a half-written export of a crashed run
+            trainer.export_weights(run / weights)  # collective over the trainer's ranks
             trainer.save_state(run / weights / "trainer_state")
             rec["save_s"] = time.perf_counter() - t0
             rec.update(sync_weights(trainer, [engine], mode=cfg.weight_sync, folder=run / weights,
                                     exported=True).metrics())
         if evaluate and (step % cfg.eval_every == 0 or step == cfg.steps):
             t0 = time.perf_counter()
-            rec["heldout_pass1"] = heldout_pass1(engine, heldout, verifier, max_tokens=cfg.eval_tokens, seed=cfg.seed)
+            rec["heldout_pass1"] = heldout_pass1(engine, heldout, verifier, max_tokens=cfg.eval_tokens,
+                                                 seed=cfg.seed, job=job)
             rec["eval_s"] = time.perf_counter() - t0
-        log.log(rec)
-        atomic_write_text(run / STATE, json.dumps({"done": step, "weights": weights}) + "\n")
-        if old and old != weights:
-            shutil.rmtree(run / old, ignore_errors=True)  # only after state.json names the new weights
+        if job.is_main:
+            log.log(rec)
+            atomic_write_text(run / STATE, json.dumps({"done": step, "weights": weights}) + "\n")
+            if old and old != weights:
+                shutil.rmtree(run / old, ignore_errors=True)  # only after state.json names the new weights
         if on_step is not None:
             on_step(rec)
+    if not job.is_main:
+        return {}
     log.close()
-    summary = log.write_report(cfg)
-    return summary
+    return log.write_report(cfg)
