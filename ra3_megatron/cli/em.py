@@ -7,11 +7,19 @@
 Run layout and resume rules: see `ra3_megatron.em.loop`. Rerun the same command to resume an
 interrupted run at the phase where it stopped; raising --iterations continues a finished run.
 `--mstep module:function` (and `--prepare`) plug in another M-step (tests use a fake one).
+
+As one torchrun job, every phase runs over the job's ranks (RL on q with rollouts on every rank
+and one data-parallel trainer at --tp x --pp, the infusion sharded, the M-step in-process at the
+layout its --mstep-arg tp=/pp= give); rerunning the same command resumes it:
+
+    torchrun --nproc-per-node 8 -m ra3_megatron.cli.main em --model M --input src/ --run-dir runs/em \
+        --backend vllm --mstep-arg tp=2
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from ra3_megatron.cli.estep import (
     add_engine_arguments,
@@ -19,7 +27,10 @@ from ra3_megatron.cli.estep import (
     engine_factory,
     estep_config_from_args,
     trainer_factory,
+    trainer_kind,
 )
+from ra3_megatron.cli.rl_job import add_rl_job_arguments, job_process_group, resolve_rl_ranks, torchrun_world
+from ra3_megatron.errors import ConfigError
 
 
 def add_em_phase_arguments(parser: argparse.ArgumentParser, *, iterations: int) -> None:
@@ -43,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_em_phase_arguments(parser, iterations=2)
     parser.add_argument("--no-progress", action="store_true", help="no E-step progress bars")
     add_engine_arguments(parser)
+    add_rl_job_arguments(parser, what="RL on q")
     add_estep_config_arguments(parser)
 
 
@@ -57,8 +69,23 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    state = run_em(cfg, make_engine=engine_factory(args), make_trainer=trainer_factory(args, estep),
-                   progress=not args.no_progress)
+    world = torchrun_world()
+    if world > 1:  # one torchrun job: every phase over its ranks
+        if resolve_rl_ranks(args, trainer=trainer_kind(args), workers=world, rl_on=True) != "all":
+            raise ConfigError("under torchrun `ra3 em` runs every phase over the job's ranks: it needs the "
+                              "Megatron trainer (--trainer megatron, --rl-ranks auto or all)")
+        if args.nproc != 1:
+            raise ConfigError("under torchrun the M-step runs over the job's ranks: leave --nproc at 1")
+    else:
+        resolve_rl_ranks(args, trainer=trainer_kind(args), workers=1)  # --tp/--pp need a job
+    make_trainer = trainer_factory(args, estep, job_wide=world > 1, tp=args.tp, pp=args.pp, world=world)
+    with job_process_group(world > 1, tp=args.tp, pp=args.pp, seed=estep.seed):
+        from ra3_megatron.rl.job import Job
+
+        state = run_em(cfg, make_engine=engine_factory(args), make_trainer=make_trainer,
+                       progress=not args.no_progress, job=Job.of_default_group())
+    if int(os.environ.get("RANK", "0")) != 0:  # the first rank reports
+        return 0
     print(f"EM: {len(state['completed'])} phases done; models: "
           + ", ".join(f"{k} {v}" for k, v in state["models"].items()))
     print(f"  report: {args.run_dir}/report.md")

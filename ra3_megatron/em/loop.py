@@ -17,6 +17,12 @@ from the input model (`init="base"`).
 The prepare and M-step phases are pluggable (`em.phases`): the default runs `ra3 prepare`
 in-process and `ra3 mstep` as a subprocess (torchrun when nproc > 1); tests and dry runs pass
 any `module:function` with the same signature.
+
+As one torchrun job (`job` over the ranks of the default process group) every phase runs over
+all ranks: the E-step with RL on every rank and the infusion sharded, the M-step in-process on
+every rank (`em.phases.mstep_job`); prepare and the reports run on the first rank while the
+others wait. The first rank writes state.json; every rank keeps the same copy in memory, and the
+ranks meet at a barrier after each phase, so a rerun after any rank died resumes consistently.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.run import EStepRun, run_estep
 from ra3_megatron.estep.stats import atomic_write_text
+from ra3_megatron.rl.job import Job
 from ra3_megatron.rollout.pool import EnginePool
 
 PHASES = ("estep", "data", "mstep", "report")
@@ -66,8 +73,8 @@ class EMConfig:
 
 
 class EMState:
-    def __init__(self, run_dir: Path, identity: dict[str, Any], option: str = "--run-dir"):
-        self.path = run_dir / "state.json"
+    def __init__(self, run_dir: Path, identity: dict[str, Any], option: str = "--run-dir", writer: bool = True):
+        self.path, self.writer = run_dir / "state.json", writer
         if self.path.is_file():
             self.body = json.loads(self.path.read_text(encoding="utf-8"))
             old = self.body.get("config", {})
@@ -92,7 +99,8 @@ class EMState:
         self.save()
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.body, indent=1) + "\n")
+        if self.writer:  # one writer per run dir (the first rank of a job); the others keep a copy
+            atomic_write_text(self.path, json.dumps(self.body, indent=1) + "\n")
 
 
 def run_em(
@@ -102,28 +110,41 @@ def run_em(
     make_trainer: Callable[[str], Any] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    job: Job | None = None,
 ) -> dict[str, Any]:
-    """Run or resume the EM loop; returns the final state (completed phases, models per round)."""
+    """Run or resume the EM loop; returns the final state (completed phases, models per round).
+    With a `job` of several ranks every rank calls this (see the module docstring)."""
+    job = job or Job()
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = EMState(run_dir, cfg.identity())
+    if job.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = EMState(run_dir, cfg.identity())
+        (run_dir / "metrics").mkdir(exist_ok=True)
+    job.barrier()  # the others read what the first rank checked and wrote
+    if not job.is_main:
+        state = EMState(run_dir, cfg.identity(), writer=False)
     prepare = resolve_phase("prepare", cfg.prepare)
-    mstep = resolve_phase("mstep", cfg.mstep)
-    (run_dir / "metrics").mkdir(exist_ok=True)
+    mstep = resolve_phase("mstep", cfg.mstep, job_wide=job.world > 1)
     # pi's and q's engines live across rounds: a later round reloads weights instead of starting
     # engines again; they sleep while the M-step trains.
     pool = EnginePool(make_engine)
     try:
-        _run_rounds(cfg, state, run_dir, pool, make_trainer, prepare, mstep, log, progress)
+        _run_rounds(cfg, state, run_dir, pool, make_trainer, prepare, mstep, log if job.is_main else _quiet,
+                    progress, job)
     finally:
         pool.shutdown()
     state.body["engines"] = {"started": pool.started, "reloaded": pool.reloads}  # this invocation's
     state.save()
-    _write_run_report(run_dir, state, cfg)
+    if job.is_main:
+        _write_run_report(run_dir, state, cfg)
     return state.body
 
 
-def _run_rounds(cfg, state, run_dir, pool, make_trainer, prepare, mstep, log, progress) -> None:
+def _quiet(message: str) -> None:
+    pass
+
+
+def _run_rounds(cfg, state, run_dir, pool, make_trainer, prepare, mstep, log, progress, job: Job) -> None:
     for k in range(1, cfg.iterations + 1):
         it = run_dir / f"iter_{k}"
         pi = cfg.model if k == 1 else state.body["models"][f"iter_{k - 1}"]
@@ -137,20 +158,28 @@ def _run_rounds(cfg, state, run_dir, pool, make_trainer, prepare, mstep, log, pr
             if phase == "estep":
                 trainer = (lambda pi=pi: make_trainer(pi)) if make_trainer is not None else None
                 run_estep(EStepRun(model=pi, input=cfg.input, output=str(it / "estep"), iteration=k,
-                                   progress=progress), cfg.estep, make_engine=pool.acquire, make_trainer=trainer)
+                                   progress=progress, rank=job.rank, world=job.world,
+                                   rl_ranks="all" if job.world > 1 else "first"),
+                          cfg.estep, make_engine=pool.acquire, make_trainer=trainer)
             elif phase == "data":
-                shutil.rmtree(it / "data", ignore_errors=True)
-                prefix = prepare(estep_dir=it / "estep", out_dir=it / "data", model=pi, args=cfg.prepare_args)
-                updates = {"data": {f"iter_{k}": str(prefix)}}
+                prefix = None
+                if job.is_main:
+                    shutil.rmtree(it / "data", ignore_errors=True)
+                    prefix = str(prepare(estep_dir=it / "estep", out_dir=it / "data", model=pi,
+                                         args=cfg.prepare_args))
+                updates = {"data": {f"iter_{k}": job.from_main(prefix)}}
             elif phase == "mstep":
                 pool.sleep_idle()
-                shutil.rmtree(it / "mstep", ignore_errors=True)
+                if job.is_main:
+                    shutil.rmtree(it / "mstep", ignore_errors=True)
+                job.barrier()  # no rank writes into the M-step dir before it is clean
                 init = pi if cfg.init == "previous" else cfg.model
                 hf_dir = mstep(data=state.body["data"][f"iter_{k}"], model=init, out_dir=it / "mstep",
                                nproc=cfg.nproc, args=cfg.mstep_args, iteration=k)
                 updates = {"models": {f"iter_{k}": str(hf_dir)}}
-            else:
+            elif job.is_main:
                 _write_reports(run_dir, state, k)
+            job.barrier()  # every rank finished the phase (an E-step's last shard, the M-step's export)
             state.mark(name, time.perf_counter() - t0, **updates)
             log(f"[em] {name} done in {time.perf_counter() - t0:.1f} s")
 

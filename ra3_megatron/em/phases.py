@@ -6,6 +6,8 @@ A phase is a function; `resolve_phase(kind, spec)` turns a spec into one:
 - mstep, "ra3": `ra3 mstep --model INIT --data PREFIX --out OUT [args]` as a subprocess
   (`torchrun --nproc-per-node N` when nproc > 1), so Megatron's process groups live and die with
   it; "inprocess": `megatron.trainer.run_mstep` in this process (one rank).
+  When the EM loop itself runs as a torchrun job, both mean `run_mstep` in-process on every rank
+  of the job (`mstep_job`), its process group shared with the E-step's trainer and engines.
   Signature: `mstep(*, data, model, out_dir, nproc, args, iteration) -> HF dir of the new model`.
 - any "package.module:function" with the same signature (tests use a fake M-step this way).
 """
@@ -64,6 +66,19 @@ def mstep_inprocess(*, data: str, model: str, out_dir: Path, nproc: int = 1, arg
     return _hf_dir(out_dir)
 
 
+def mstep_job(*, data: str, model: str, out_dir: Path, nproc: int = 1, args: Sequence[str] = (),
+              iteration: int = 0) -> Path:
+    """The M-step on every rank of the running torchrun job, in-process (a collective); `args` are
+    MStepConfig fields as key=value (tp=2, pp=2 shard it over the job's ranks). The job's process
+    group outlives it (the next round's E-step gathers over it)."""
+    from ra3_megatron.megatron.trainer import MStepConfig, run_mstep
+
+    if nproc != 1:
+        raise ConfigError("under torchrun the M-step runs over the job's ranks: leave --nproc at 1")
+    run_mstep(MStepConfig(model=str(model), data=str(data), out=str(out_dir), **mstep_overrides(args)))
+    return _hf_dir(out_dir)
+
+
 def mstep_overrides(args: Sequence[str]) -> dict[str, Any]:
     """MStepConfig fields from M-step options written KEY=VALUE or --KEY=VALUE (later ones win)."""
     import dataclasses
@@ -95,7 +110,11 @@ _BUILTIN: dict[str, dict[str, Callable[..., Any]]] = {
 }
 
 
-def resolve_phase(kind: str, spec: str) -> Callable[..., Any]:
+def resolve_phase(kind: str, spec: str, *, job_wide: bool = False) -> Callable[..., Any]:
+    """The phase function for a spec; `job_wide`: the EM loop runs as a torchrun job, so the
+    built-in M-steps run in-process over its ranks."""
+    if job_wide and kind == "mstep" and spec in ("ra3", "inprocess"):
+        return mstep_job
     if spec in _BUILTIN[kind]:
         return _BUILTIN[kind][spec]
     module, sep, attr = spec.partition(":")

@@ -49,6 +49,17 @@ class Job:
             out.extend(p[i] for p in parts if i < len(p))
         return out
 
+    def barrier(self) -> None:
+        """Every rank waits for the others (bounded by the process group's timeout)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def from_main(self, obj: Any) -> Any:
+        """The first rank's `obj` on every rank."""
+        return obj if self.world == 1 else self.gather(obj)[0]
+
     def gather(self, obj: Any) -> list[Any]:
         """`obj` of every rank, by rank (a collective: every rank calls it)."""
         if self.world == 1:
