@@ -6,7 +6,9 @@
         em.model=/ckpt/Llama-3.1-8B em.input=/data/python
 
 The task is a `run.Partial` of `ra3_megatron.recipes.run.run_named_recipe`, so any NeMo-Run
-executor (SlurmExecutor, SkypilotExecutor...) can take it in place of the LocalExecutor below.
+executor (SlurmExecutor, SkypilotExecutor...) can take it in place of the LocalExecutor below. A
+recipe that runs as a torchrun job (the GPU recipes: `ranks=8`) is launched with NeMo-Run's
+torchrun launcher, one task per rank, and every EM phase runs over those ranks.
 For Megatron-Bridge pipelines, the M-step loss also plugs in directly as a forward step:
 `ra3_megatron.integrations.megatron_bridge` (see README, "Integrations").
 """
@@ -15,6 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+
+def executor_for(run, ranks: int):
+    """A LocalExecutor running the task once, or as a torchrun job of `ranks` tasks."""
+    if ranks > 1:
+        return run.LocalExecutor(ntasks_per_node=ranks, launcher="torchrun")
+    return run.LocalExecutor()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ra3_megatron.recipes.run import load_recipe, run_named_recipe
 
-    load_recipe(args.recipe, args.overrides)  # fail fast on a bad recipe name or override
+    recipe = load_recipe(args.recipe, args.overrides)  # fail fast on a bad recipe name or override
     task = run.Partial(run_named_recipe, name=args.recipe, overrides=list(args.overrides))
     with run.Experiment(args.name) as exp:
-        exp.add(task, executor=run.LocalExecutor(), name=args.recipe)
+        exp.add(task, executor=executor_for(run, recipe.ranks), name=args.recipe)
         if args.dryrun:
             exp.dryrun()
         else:

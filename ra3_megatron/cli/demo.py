@@ -13,6 +13,7 @@ then check the final model's HumanEval samples for a few problems in the sandbox
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ra3_megatron.cli.rl_job import torchrun_world
+    from ra3_megatron.errors import ConfigError
     from ra3_megatron.recipes.run import load_recipe, run_recipe
 
     if args.list:
@@ -39,12 +42,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:30s} {doc}")
         return 0
     t0 = time.perf_counter()
+    first = int(os.environ.get("RANK", "0")) == 0  # under torchrun (a recipe's job) the first rank reports
     if args.fresh:
+        if torchrun_world() > 1:
+            raise ConfigError("--fresh under torchrun: delete the run directory before the launch instead")
         shutil.rmtree(args.run_dir, ignore_errors=True)
     recipe = load_recipe(args.recipe, [f"em.run_dir={args.run_dir}", *args.overrides])
-    print(f"ra3 demo: recipe {args.recipe}: {recipe.description}")
-    print(f"  model {recipe.em.model}\n  corpus {recipe.em.input}\n  run dir {recipe.em.run_dir}")
-    state = run_recipe(recipe)
+    if first:
+        print(f"ra3 demo: recipe {args.recipe}: {recipe.description}")
+        print(f"  model {recipe.em.model}\n  corpus {recipe.em.input}\n  run dir {recipe.em.run_dir}")
+    state = run_recipe(recipe, log=print if first else (lambda message: None))
+    if not first:
+        return 0
     final = state["models"][f"iter_{recipe.em.iterations}"]
     if args.eval_problems > 0:
         _eval(final, Path(args.run_dir) / "eval", args.eval_problems, recipe.backend)

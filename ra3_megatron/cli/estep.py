@@ -43,6 +43,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="RL trainer for q: megatron (the MegatronEngine) or torch (transformers); "
                             "auto: megatron, torch with --backend fake")
     group.add_argument("--threads", type=int, default=None, help="torch threads in this process")
+    group.add_argument("--rollout-tp", type=int, default=1,
+                       help="--backend vllm: tensor-parallel size of each engine (above 1 the engine has worker "
+                            "processes of its own and takes new weights through a folder)")
+    group.add_argument("--engine-memory-fraction", type=float, default=None,
+                       help="--backend vllm on GPUs: the share of GPU memory each engine takes (weights + KV "
+                            "cache; default: 45%% of what is free when it starts)")
 
     group.add_argument("--score-matmul-dtype", choices=("float32", "bfloat16"), default="float32",
                        help="--backend hf on CPU: bfloat16 scores with bf16 matmuls (fp32 accumulation), "
@@ -85,6 +91,10 @@ def engine_factory(args: argparse.Namespace):
 
         return make_fake
     extra = {"threads": args.threads} if args.threads else {}
+    if args.backend == "vllm" and getattr(args, "rollout_tp", 1) > 1:
+        extra["tensor_parallel_size"] = args.rollout_tp  # workers of its own: weights by folder
+    if args.backend == "vllm" and getattr(args, "engine_memory_fraction", None):
+        extra["gpu_memory_utilization"] = args.engine_memory_fraction
     if args.backend == "hf":
         extra["score_matmul_dtype"] = getattr(args, "score_matmul_dtype", "float32")
 

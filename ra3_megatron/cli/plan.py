@@ -18,7 +18,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="recipe name (`ra3 demo --list`)")
-    parser.add_argument("--gpus", type=int, default=None, help="GPUs of the job (default: the recipe's nproc)")
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="GPUs of the job (default: the recipe's ranks, or its M-step nproc)")
     parser.add_argument("--gpu-memory-gb", type=float, default=80.0,
                         help="memory per GPU in GiB, as GPU makers count it (default: 80, an H100)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="mstep.KEY=VALUE or recipe fields")
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     mstep_extra = [o[len("mstep."):] for o in args.overrides if o.startswith("mstep.")]
     recipe = load_recipe(args.recipe, [o for o in args.overrides if not o.startswith("mstep.")])
-    gpus = args.gpus or recipe.em.nproc
+    gpus = args.gpus or (recipe.ranks if recipe.ranks > 1 else recipe.em.nproc)
     if gpus < 1 or args.gpu_memory_gb <= 0:
         raise ConfigError("--gpus and --gpu-memory-gb must be positive")
     mstep = mstep_overrides([*recipe.em.mstep_args, *mstep_extra])
@@ -60,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
             engines = sum(p.parts.get(k, 0.0) for k in ("engine weights", "engine KV"))
             layout = fitting_trainer_layout(shape, gpus=max(gpus, 1), gpu_gb=args.gpu_memory_gb, seq=seq,
                                             micro_batch=min(estep.micro_batch, 4), engines_gb=engines)
-            print("  the RL trainer runs on one rank today (TP = PP = 1, full Adam state)"
-                  + (f"; sharded as {layout} over the job's GPUs it would fit beside its engines (the colocated "
-                     "runtime, not built yet)" if layout else "; use a smaller model or GPUs with more memory"))
+            if layout:
+                print(f"  a layout that fits beside the engines: rl_tp={layout.tp} rl_pp={layout.pp} (DP={layout.dp}, "
+                      "Adam sharded over DP)" + ("" if recipe.ranks > 1 else
+                                                 f" as a torchrun job of {gpus} ranks (ranks={gpus})"))
+            else:
+                more = next((g for g in (2, 4, 8, 16, 32, 64) if g > gpus and fitting_trainer_layout(
+                    shape, gpus=g, gpu_gb=args.gpu_memory_gb, seq=seq, micro_batch=min(estep.micro_batch, 4),
+                    engines_gb=engines)), None)
+                print(f"  no rl_tp x rl_pp layout of {gpus} GPU(s) fits beside the engines"
+                      + (f"; {more} GPUs would" if more else "; use a smaller model or GPUs with more memory"))
     return 1 if failed else 0

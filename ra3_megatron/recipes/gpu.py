@@ -2,8 +2,11 @@
 
 `model` is a local HF checkpoint dir (nothing is downloaded); `input` is your corpus of Python
 snippets in any form `ra3 prepare` reads. The paper mid-trains on 3.5M snippets (~1B tokens).
-E-step: vLLM samples thoughts and scores them (prompt log-probs, `VLLMConfig.scorer="vllm"`), q's RL update runs in
-Megatron. M-step: torchrun over 8 GPUs, Transformer Engine, bf16 (FP8 on the 8B recipe).
+Each recipe runs as one torchrun job of 8 ranks (`recipes/ra3_llama8b.sh`, or `torchrun
+--nproc-per-node 8 -m ra3_megatron.cli.main demo --recipe NAME`): every rank holds two vLLM engines
+(pi scores, q samples) and its shard of q's Megatron trainer (TP = `rl_tp`, DP = the rest, Adam
+sharded over DP); q's RL steps and each M-step (Transformer Engine, bf16; FP8 on the 8B recipe)
+run over all 8 GPUs, the engines asleep meanwhile. `ra3 plan --recipe NAME` shows the memory.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from ra3_megatron.recipes.registry import RA3Recipe
 
 
 def _gpu_recipe(*, model: str, input: str, run_dir: str, tp: int, pp: int, mbs: int, gbs: int, seq: int,
-                lr: float, steps: int, fp8: str | None, description: str) -> RA3Recipe:
+                lr: float, steps: int, fp8: str | None, description: str, rl_tp: int = 1,
+                engine_memory_fraction: float | None = None) -> RA3Recipe:
     estep = EStepConfig(penalty=0.05, samples=4, horizon=4, rl_steps=4, rl_snippets=64, lr=1e-6,
                         max_snippet_tokens=2048, batch_snippets=256, micro_batch=8, shard_size=5000)
     mstep = [f"tp={tp}", f"pp={pp}", f"micro_batch_size={mbs}", f"global_batch_size={gbs}",
@@ -27,9 +31,9 @@ def _gpu_recipe(*, model: str, input: str, run_dir: str, tp: int, pp: int, mbs: 
         mstep += [f"fp8={fp8}", "fp8_recipe=tensorwise"]
     if tp > 1:
         mstep.append("sequence_parallel=true")
-    em = EMConfig(model=model, input=input, run_dir=run_dir, iterations=2, nproc=8, mstep_args=mstep,
-                  estep=estep)
-    return RA3Recipe(em=em, backend="vllm", trainer="megatron", description=description)
+    em = EMConfig(model=model, input=input, run_dir=run_dir, iterations=2, mstep_args=mstep, estep=estep)
+    return RA3Recipe(em=em, backend="vllm", trainer="megatron", ranks=8, rl_tp=rl_tp,
+                     engine_memory_fraction=engine_memory_fraction, description=description)
 
 
 def llama32_1b_8gpu_h100_bf16(*, model: str = "checkpoints/Llama-3.2-1B", input: str = "data/python_snippets",
@@ -50,4 +54,7 @@ def llama31_8b_8gpu_h100_fp8(*, model: str = "checkpoints/Llama-3.1-8B", input: 
                              run_dir: str = "runs/llama31_8b") -> RA3Recipe:
     """Llama-3.1-8B, 8x H100, FP8 (TE hybrid, current scaling), TP=2 x DP=4 with sequence parallelism."""
     return _gpu_recipe(model=model, input=input, run_dir=run_dir, tp=2, pp=1, mbs=1, gbs=256, seq=4096,
-                       lr=1e-5, steps=1000, fp8="hybrid", description=llama31_8b_8gpu_h100_fp8.__doc__)
+                       lr=1e-5, steps=1000, fp8="hybrid", description=llama31_8b_8gpu_h100_fp8.__doc__,
+                       # q's trainer at TP=4 (Adam over DP=2) leaves 55 GiB beside it: two 15 GiB bf16
+                       # engines at 30% of the GPU each, ~9 GiB of KV cache apiece (`ra3 plan`).
+                       rl_tp=4, engine_memory_fraction=0.3)

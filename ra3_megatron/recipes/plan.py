@@ -20,9 +20,10 @@ layer). Per phase and GPU:
 Figures are GiB (the "80 GB" of an H100 is 80 GiB). FP8 through Transformer Engine keeps bf16
 weights beside its FP8 copies, so these bf16 estimates are a floor for FP8 recipes.
 
-The phases follow the runtime as it is: the M-step at the recipe's TP/PP/DP; the E-step's RL
-trainer of q and GRPO's trainer on one rank (TP = PP = 1, full Adam state), beside their
-engines (two for the E-step: pi and q; one for GRPO), which sleep during the update.
+The phases follow the runtime: the M-step at the recipe's TP/PP/DP; q's RL trainer and GRPO's over
+all the job's GPUs at the recipe's `rl_tp` x `rl_pp` (DP the rest, Adam sharded over DP; one rank,
+full Adam state, when the recipe runs as one process), beside their engines on every GPU (two for
+the E-step: pi and q; one for GRPO, at the recipe's `rollout_tp`), which sleep during the update.
 """
 
 from __future__ import annotations
@@ -161,16 +162,21 @@ def resident(parts: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in parts.items() if k != "activations"}
 
 
-def engine_parts(shape: Shape, *, engines: int, gpu_gb: float, used_gb: float, rollout_tp: int = 1) -> dict[str, float]:
-    """vLLM engines started one after the other, each taking ENGINE_SHARE of the free memory."""
+def engine_parts(shape: Shape, *, engines: int, gpu_gb: float, used_gb: float, rollout_tp: int = 1,
+                 fraction: float | None = None) -> dict[str, float]:
+    """vLLM engines started one after the other, each taking ENGINE_SHARE of the free memory, or
+    `fraction` of the GPU each when the recipe sets it (vLLM refuses to start when that much is
+    not free: `_short` says by how much the last one lacked)."""
     weights = 2 * shape.total / rollout_tp / GIB
-    free, share_total, kv = gpu_gb - used_gb, 0.0, []
+    free, share_total, kv, short = gpu_gb - used_gb, 0.0, [], 0.0
     for _ in range(engines):
-        share = ENGINE_SHARE * free
+        share = ENGINE_SHARE * free if fraction is None else fraction * gpu_gb
+        short = max(short, share - free)
         share_total += share
         kv.append(share - weights)
         free -= share
-    return {"engine weights": weights * engines, "engine KV": sum(kv), "_min_kv": min(kv), "_share": share_total}
+    return {"engine weights": weights * engines, "engine KV": sum(kv), "_min_kv": min(kv), "_share": share_total,
+            "_short": short}
 
 
 def plan_recipe(recipe, *, gpus: int, gpu_gb: float, mstep: dict[str, Any]) -> tuple[list[Phase], Shape]:
@@ -190,28 +196,48 @@ def plan_recipe(recipe, *, gpus: int, gpu_gb: float, mstep: dict[str, Any]) -> t
         shape, m_layout, seq=int(values["seq_length"]), micro_batch=int(values["micro_batch_size"]), bf16=bf16,
         sequence_parallel=bool(values["sequence_parallel"]) and tp > 1), note=note)]
     estep = recipe.em.estep
-    rl = trainer_parts(shape, Layout(1, 1, 1, False), seq=estep.max_rl_tokens, micro_batch=min(estep.micro_batch, 4))
+    rl_layout, rl_note = rl_trainer_layout(recipe, gpus)
+    rollout_tp = max(1, int(getattr(recipe, "rollout_tp", 1)))
+    rl = trainer_parts(shape, rl_layout, seq=estep.max_rl_tokens, micro_batch=min(estep.micro_batch, 4),
+                       sequence_parallel=rl_layout.tp > 1)
     held = resident(rl)
-    eng = engine_parts(shape, engines=2, gpu_gb=gpu_gb, used_gb=sum(held.values()) + OVERHEAD_GB)
-    phases.append(Phase("E-step rollouts (pi, q)", "q's trainer on 1 rank + 2 vLLM engines",
+    fraction = getattr(recipe, "engine_memory_fraction", None)
+    eng = engine_parts(shape, engines=2, gpu_gb=gpu_gb, used_gb=sum(held.values()) + OVERHEAD_GB,
+                       rollout_tp=rollout_tp, fraction=fraction)
+    phases.append(Phase("E-step rollouts (pi, q)", f"q's trainer {rl_layout} + 2 vLLM engines (TP={rollout_tp})",
                         {**held, "engine weights": eng["engine weights"], "engine KV": max(0.0, eng["engine KV"])},
-                        note=_engine_note(eng)))
-    phases.append(Phase("E-step q's RL update", "TP=1 PP=1 DP=1 (engines asleep)", rl))
+                        note=_engine_note(eng) or rl_note))
+    phases.append(Phase("E-step q's RL update", f"{rl_layout} (engines asleep)", rl, note=rl_note))
     from ra3_megatron.rlvr.config import GRPOConfig
 
     grpo_cfg = GRPOConfig()
-    grpo = trainer_parts(shape, Layout(1, 1, 1, False), seq=grpo_cfg.max_seq_tokens, micro_batch=grpo_cfg.micro_batch)
-    g_eng = engine_parts(shape, engines=1, gpu_gb=gpu_gb, used_gb=sum(resident(grpo).values()) + OVERHEAD_GB)
-    phases.append(Phase("GRPO rollouts", "trainer on 1 rank + 1 vLLM engine",
+    grpo = trainer_parts(shape, rl_layout, seq=grpo_cfg.max_seq_tokens, micro_batch=grpo_cfg.micro_batch,
+                         sequence_parallel=rl_layout.tp > 1)
+    g_eng = engine_parts(shape, engines=1, gpu_gb=gpu_gb, used_gb=sum(resident(grpo).values()) + OVERHEAD_GB,
+                         rollout_tp=rollout_tp, fraction=fraction)
+    phases.append(Phase("GRPO rollouts", f"trainer {rl_layout} + 1 vLLM engine (TP={rollout_tp})",
                         {**resident(grpo), "engine weights": g_eng["engine weights"],
-                         "engine KV": max(0.0, g_eng["engine KV"])}, note=_engine_note(g_eng)))
-    phases.append(Phase("GRPO update", "TP=1 PP=1 DP=1 (engine asleep)", grpo))
+                         "engine KV": max(0.0, g_eng["engine KV"])}, note=_engine_note(g_eng) or rl_note))
+    phases.append(Phase("GRPO update", f"{rl_layout} (engine asleep)", grpo, note=rl_note))
     for p in phases:
         p.parts["overhead"] = OVERHEAD_GB
     return phases, shape
 
 
+def rl_trainer_layout(recipe, gpus: int) -> tuple[Layout, str]:
+    """The RL trainers' layout: over the job's GPUs at the recipe's rl_tp x rl_pp (distributed
+    optimizer) when the recipe runs as a job, else one rank."""
+    if int(getattr(recipe, "ranks", 1)) <= 1:
+        return Layout(1, 1, 1, False), ""
+    tp, pp = int(recipe.rl_tp), int(recipe.rl_pp)
+    if gpus % (tp * pp):
+        return Layout(1, 1, gpus, True), f"rl_tp x rl_pp = {tp * pp} needs a multiple of {tp * pp} GPUs"
+    return Layout(tp, pp, gpus // (tp * pp), True), ""
+
+
 def _engine_note(eng: dict[str, float]) -> str:
+    if eng["_short"] > 0:
+        return f"the engines' memory fraction asks for {eng['_short']:.1f} GiB more than is free beside the trainer"
     if eng["_min_kv"] < 1.0:
         return "an engine's memory share does not hold its weights plus 1 GiB of KV cache"
     return ""

@@ -18,6 +18,19 @@ class RA3Recipe:
     backend: str = "hf"  # rollout engine for E-step sampling/scoring: vllm | hf | fake
     trainer: str = "auto"  # RL trainer of the E-step: megatron | torch | auto
     threads: int | None = None  # torch threads in the driver process
+    # The torchrun job the recipe runs as (`torchrun --nproc-per-node RANKS ... demo --recipe NAME`):
+    # every EM phase over its ranks. 1: one process (the M-step may still launch em.nproc ranks).
+    ranks: int = 1
+    # q's RL trainer (and GRPO's) over the job: tensor / pipeline parallel sizes; DP is the rest.
+    rl_tp: int = 1
+    rl_pp: int = 1
+    # Each rank serves pi (the fixed scorer) and q (the sampler RL trains) with two vLLM engines of
+    # this tensor-parallel size; q's weights reach its engine in memory after every RL step.
+    rollout_tp: int = 1
+    # GPU memory each engine takes at start, as a fraction of the GPU (vLLM's gpu_memory_utilization:
+    # its weights plus its KV cache). None: 45% of what is free when it starts (pi's engine then
+    # gets more than q's); set it when two large engines must share what the trainer leaves.
+    engine_memory_fraction: float | None = None
     description: str = ""
     notes: list[str] = field(default_factory=list)
 

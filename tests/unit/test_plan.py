@@ -32,22 +32,27 @@ def test_optimizer_state_shards_over_data_parallel_ranks_only_with_the_distribut
     assert trainer_parts(shape, Layout(1, 1, 8, False), seq=1024, micro_batch=1)["optimizer"] == one["optimizer"]
 
 
-def test_every_gpu_recipe_gets_a_table_and_the_small_ones_fit(capsys):
+def test_every_gpu_recipe_fits_its_8_gpus_with_the_rl_trainers_over_the_job(capsys):
     for name in GPU_RECIPES:
         rc = main(["plan", "--recipe", name])
         out = capsys.readouterr().out
         for phase in ("M-step", "E-step rollouts", "E-step q's RL update", "GRPO rollouts", "GRPO update"):
             assert phase in out, (name, phase)
-        assert rc == (1 if "8b" in name else 0), out
+        assert rc == 0, out
+        assert "DP=1 (engines asleep)" not in out  # q's trainer spans the job, Adam sharded over DP
 
 
-def test_the_8b_recipe_is_refused_with_the_reason_and_a_layout(capsys):
-    assert main(["plan", "--recipe", "llama31_8b_8gpu_h100_fp8"]) == 1
-    out = capsys.readouterr().out
-    assert "E-step q's RL update does not fit: needs" in out and "sharded as TP=" in out
+def test_the_8b_recipe_is_refused_on_one_gpu_and_with_engines_too_large(capsys):
     assert main(["plan", "--recipe", "llama31_8b_8gpu_h100_fp8", "--gpus", "1"]) == 1
     out = capsys.readouterr().out
     assert "M-step does not fit" in out and "2 GPUs would" in out
+    assert "E-step q's RL update does not fit" in out
+    # On one rank (as the RL trainer ran before it spanned the job) q with Adam needs ~160 GiB.
+    assert main(["plan", "--recipe", "llama31_8b_8gpu_h100_fp8", "ranks=1", "--gpus", "8"]) == 1
+    out = capsys.readouterr().out
+    assert "E-step q's RL update does not fit: needs" in out and "rl_tp=" in out
+    assert main(["plan", "--recipe", "llama31_8b_8gpu_h100_fp8", "engine_memory_fraction=0.4"]) == 1
+    assert "asks for" in capsys.readouterr().out
 
 
 def test_a_checkpoint_dir_config_and_overrides_are_read(tiny_model_dir, capsys):

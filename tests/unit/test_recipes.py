@@ -53,3 +53,33 @@ def test_bad_overrides_are_clear_errors(override, message):
 def test_unknown_recipe_lists_known_ones():
     with pytest.raises(ConfigError, match="tiny_cpu"):
         get_recipe("nope")
+
+
+def test_a_gpu_recipe_runs_only_as_its_torchrun_job():
+    from ra3_megatron.recipes.run import check_launch
+
+    big, tiny = load_recipe("llama31_8b_8gpu_h100_fp8"), load_recipe("tiny_cpu")
+    assert (big.ranks, big.rl_tp, big.em.nproc) == (8, 4, 1)  # the M-step runs in the job, not a nested launch
+    check_launch(big, 8)
+    check_launch(tiny, 1)
+    with pytest.raises(ConfigError, match="torchrun --nproc-per-node 8"):
+        check_launch(big, 1)
+    with pytest.raises(ConfigError, match="started as 2 ranks"):
+        check_launch(tiny, 2)
+
+
+def test_the_nemo_run_launcher_starts_a_gpu_recipe_as_a_torchrun_job():
+    """recipes/nemo_run_ra3.py: a recipe of 8 ranks gets NeMo-Run's torchrun launcher with 8 tasks
+    (checked against a stand-in `run` module: NeMo-Run is an optional extra)."""
+    import importlib.util
+    import types
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "nemo_run_ra3.py"
+    spec = importlib.util.spec_from_file_location("nemo_run_ra3", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = types.SimpleNamespace(LocalExecutor=lambda **kw: kw)
+    assert module.executor_for(run, load_recipe("llama31_8b_8gpu_h100_fp8").ranks) == {
+        "ntasks_per_node": 8, "launcher": "torchrun"}
+    assert module.executor_for(run, load_recipe("tiny_cpu").ranks) == {}
