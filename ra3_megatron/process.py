@@ -25,8 +25,14 @@ def run_process_group(argv: Sequence[str], *, stdout, timeout_s: float, env: dic
     except subprocess.TimeoutExpired:
         return None
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        kill_process_group(proc)
+
+
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """SIGKILL every process still in the group of `proc` (started with start_new_session=True),
+    then reap `proc`."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

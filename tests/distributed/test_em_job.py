@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ra3_megatron.process import run_process_group
+from ra3_megatron.process import kill_process_group, run_process_group
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 pytest.importorskip("vllm")
@@ -79,11 +79,7 @@ def test_em_job_survives_a_killed_rank_and_resumes(tiny_model_dir, tmp_path):
             victim.send_signal(signal.SIGKILL)
             rc = job.wait(timeout=120)
         finally:
-            try:
-                os.killpg(job.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            job.wait()
+            kill_process_group(job)
     assert rc != 0 and "iter_2/report" not in _completed(run_dir)
     done_before = _completed(run_dir)
 
