@@ -13,6 +13,10 @@
 set -euo pipefail
 : "${MODEL:?set MODEL to a local HF checkpoint dir of Llama-3.1-8B}"
 : "${DATA:?set DATA to your Python corpus (anything ra3 prepare reads)}"
-exec torchrun --standalone --nproc-per-node "${NPROC:-8}" -m ra3_megatron.cli.main demo \
+# Each rank sees only its own GPU (recipes/one_gpu_per_rank.sh): its in-process vLLM engines take
+# cuda:0 of what they see.
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+exec torchrun --standalone --nproc-per-node "${NPROC:-8}" --no-python "$HERE/one_gpu_per_rank.sh" \
+  python -m ra3_megatron.cli.main demo \
   --recipe llama31_8b_8gpu_h100_fp8 --run-dir "${RUN_DIR:-runs/llama31_8b}" \
   --eval-problems "${EVAL_PROBLEMS:-164}" em.model="$MODEL" em.input="$DATA" "$@"

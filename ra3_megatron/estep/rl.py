@@ -187,7 +187,7 @@ def run_rl(
             with engines_asleep(sampler, scorer):  # the trainer gets the accelerator's memory
                 record.update(trainer.step(batch))
             clock.lap("update_s")
-            synced = sync_weights(trainer, [sampler], mode=cfg.weight_sync, folder=work / "sync")
+            synced = sync_weights(trainer, [sampler], mode=cfg.weight_sync, folder=work / "sync", job=job)
             clock.lap("sync_s")  # trainer -> live engine, in memory or through a folder
             record["sync_mode"] = synced.mode
         record.update(clock.laps)

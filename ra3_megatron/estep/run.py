@@ -85,9 +85,9 @@ def _wait_for(path: Path, timeout_s: float) -> None:
 
 
 def _run_rl_phase(run: EStepRun, cfg: EStepConfig, out: Path, scorer, make_engine, make_trainer,
-                  reader_opts: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+                  reader_opts: dict[str, Any]) -> tuple[Any, list[dict[str, Any]], dict[str, float]]:
     """RL on q (on this worker, and on the others too with rl_ranks="all"): returns q's engine,
-    holding the trained weights, and the seconds spent."""
+    holding the trained weights, the step history (the same on every rank) and the seconds spent."""
     from ra3_megatron.rl.job import Job
 
     if make_trainer is None:
@@ -128,7 +128,7 @@ def _run_rl_phase(run: EStepRun, cfg: EStepConfig, out: Path, scorer, make_engin
     if job.is_main:
         atomic_write_text(out / "rl" / "history.json", json.dumps(history, indent=1) + "\n")
     seconds["rl"] = time.perf_counter() - t0
-    return sampler, seconds
+    return sampler, history, seconds
 
 
 def run_estep(
@@ -143,7 +143,12 @@ def run_estep(
     out = Path(run.output)
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, run, cfg)
-    if (out / "manifest.json").is_file() and (out / "stats.json").is_file():
+    from ra3_megatron.rl.job import Job
+
+    # With RL over all workers they are the ranks of one job: the first decides for all whether
+    # the output is finished (another rank may be writing the manifest right now).
+    job = Job.of_default_group() if run.rl_ranks == "all" else Job()
+    if job.from_main((out / "manifest.json").is_file() and (out / "stats.json").is_file()):
         return json.loads((out / "stats.json").read_text(encoding="utf-8"))
     reader_opts = dict(reader_opts or {})
     seconds: dict[str, Any] = {}
@@ -152,18 +157,21 @@ def run_estep(
     seconds["load"] = time.perf_counter() - t0
     history_path = out / "rl" / "history.json"
     q_dir = out / "rl" / "q"
-    sampler = scorer
+    sampler, history = scorer, None
     if cfg.rl_steps > 0:
         rl_here = run.rl_ranks == "all" or run.rank == 0
         if rl_here and not history_path.is_file():
-            sampler, rl_seconds = _run_rl_phase(run, cfg, out, scorer, make_engine, make_trainer, reader_opts)
+            sampler, history, rl_seconds = _run_rl_phase(run, cfg, out, scorer, make_engine, make_trainer,
+                                                         reader_opts)
             seconds["load"] += rl_seconds.pop("load")
             seconds.update(rl_seconds)
         else:
             if run.rl_ranks == "first":
                 _wait_for(history_path, run.wait_timeout_s)
             sampler = make_engine(str(q_dir)) if q_dir.is_dir() else make_engine(run.model)
-    history = json.loads(history_path.read_text(encoding="utf-8")) if history_path.is_file() else []
+    if history is None:  # RL ran before (a resumed run) or on another worker, which wrote it
+        history = json.loads(history_path.read_text(encoding="utf-8")) if history_path.is_file() else []
+    job.barrier()  # every rank holds q before any can finish the output and remove OUTPUT/rl/q
 
     from ra3_megatron.data.skips import SkipReport
 

@@ -184,7 +184,7 @@ def engine_logprobs(engine, batch: Batch) -> Any:
         groups.append(ScoreGroup(tuple(seq[: first + 1]), (ScoreOption((), tuple(seq[first + 1 :])),)))
         rows.append((r, first, last))
     out = torch.zeros_like(batch["loss_mask"], dtype=torch.float32)
-    answers = engine.score_groups(groups)
+    answers = engine.score_groups(groups) if groups else []  # a data-parallel rank may hold no row
     for (r, first, last), scores in zip(rows, answers):
         out[r, first:last] = torch.tensor(scores[0], dtype=torch.float32)
     return out

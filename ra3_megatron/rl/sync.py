@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ra3_megatron.errors import ConfigError
+from ra3_megatron.rl.job import Job
 
 MODES = ("auto", "memory", "folder")
 
@@ -50,13 +51,15 @@ def resolve_mode(mode: str, trainer: Any, engines: Sequence[Any]) -> str:
 
 
 def sync_weights(trainer: Any, engines: Sequence[Any], *, mode: str = "auto", folder: str | Path | None = None,
-                 keep_folder: bool = False, exported: bool = False) -> SyncResult:
+                 keep_folder: bool = False, exported: bool = False, job: Job | None = None) -> SyncResult:
     """The trainer's current weights into every engine; seconds measured from the trainer's first
     tensor (or first file) to the last engine's prefix-cache reset.
 
     `folder`: where the folder way writes (required for it); removed after the engines read it
     unless `keep_folder`. `exported`: the caller has just written the trainer's weights there (a
-    checkpoint), so the folder way only reads it, and keeps it."""
+    checkpoint), so the folder way only reads it, and keeps it. `job`: the ranks sharing the folder
+    (the trainer's export is collective and its first rank writes): every rank has read it before
+    the first one removes it."""
     how = resolve_mode(mode, trainer, engines)
     t0 = time.perf_counter()
     if how == "memory":
@@ -65,12 +68,15 @@ def sync_weights(trainer: Any, engines: Sequence[Any], *, mode: str = "auto", fo
     else:
         if folder is None:
             raise ConfigError("weight sync by folder needs a folder to write to")
-        out = Path(folder)
+        out, job = Path(folder), job or Job()
         if not exported:
-            shutil.rmtree(out, ignore_errors=True)  # a half-written export of a crashed run
+            if job.is_main:
+                shutil.rmtree(out, ignore_errors=True)  # a half-written export of a crashed run
             trainer.export_weights(out)
         for engine in engines:
             engine.load_weights(str(out))
         if not (keep_folder or exported):
-            shutil.rmtree(out, ignore_errors=True)
+            job.barrier()
+            if job.is_main:
+                shutil.rmtree(out, ignore_errors=True)
     return SyncResult(how, time.perf_counter() - t0)

@@ -142,6 +142,19 @@ def runs_in_process(cfg: VLLMEngineConfig, on_cpu: bool) -> bool:
     return cfg.in_process if cfg.in_process is not None else cfg.tensor_parallel_size == 1
 
 
+def check_engine_gpu(local_rank: int, visible_gpus: int) -> None:
+    """vLLM's in-process executor puts its worker on cuda:0 and makes it the current device,
+    whatever the rank (`UniProcExecutor._distributed_args`: the device index, none by default).
+    On a node whose ranks each see every GPU, all engines would land on GPU 0 and move the
+    trainer's current device there: refuse, and say how to run."""
+    if local_rank > 0 and visible_gpus > 1:
+        raise ConfigError(
+            f"rank {local_rank} sees {visible_gpus} GPUs, and an in-process vLLM engine always takes cuda:0: "
+            "give each rank one GPU (set CUDA_VISIBLE_DEVICES per rank before the launch, e.g. Slurm "
+            "--gpus-per-task=1, or a wrapper that sets it from LOCAL_RANK), or start engines with in_process=False "
+            "(their own worker process; weights then go by folder)")
+
+
 def engine_env(cfg: VLLMEngineConfig, on_cpu: bool) -> dict[str, str]:
     """Environment set (unless the user set it) before the engine starts.
 
@@ -271,6 +284,8 @@ class VLLMEngine(RolloutEngineBase):
             os.environ.setdefault(key, value)
         # A user's VLLM_ENABLE_V1_MULTIPROCESSING=1 wins: the engine core then has a process of its own.
         self.in_process = runs_in_process(cfg, self.on_cpu) and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        if self.in_process and not self.on_cpu:
+            check_engine_gpu(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count())
         if self.on_cpu and cfg.threads:
             torch.set_num_threads(cfg.threads)
         # A default process group that exists now is the trainer's: close() must leave it alone.

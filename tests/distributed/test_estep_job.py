@@ -29,9 +29,9 @@ def _corpus(root: Path) -> Path:
     return root
 
 
-def _run(launcher: list[str], model, corpus: Path, out: Path) -> str:
+def _run(launcher: list[str], model, corpus: Path, out: Path, rl_steps: int = 2) -> str:
     args = ["estep", "--model", str(model), "--input", str(corpus), "--output", str(out), "--backend", "vllm",
-            "--trainer", "megatron", "--rl-steps", "2", "--rl-snippets", "4", "--samples", "2", "--horizon", "2",
+            "--trainer", "megatron", "--rl-steps", str(rl_steps), "--rl-snippets", "4", "--samples", "2", "--horizon", "2",
             "--max-latent-tokens", "12", "--decision", "force", "--penalty", "0.0", "--keep-q", "--threads", "1",
             "--no-progress"]
     log = out.parent / f"{out.name}.log"
@@ -86,3 +86,17 @@ def test_the_job_writes_every_snippet_once_with_merged_statistics(runs):
     assert r1 == r2  # same q, same draws: the same thoughts
     s1, s2 = (json.loads((d / "stats.json").read_text())["infusion"] for d in (one, job))
     assert s1["counts"] == s2["counts"] and s2["records"] == 6
+
+
+def test_without_rl_the_job_writes_one_process_records_byte_for_byte(runs, tmp_path):
+    from ra3_megatron.models.tiny import tiny_model_dir
+
+    corpus = runs[0].parent / "corpus"
+    _run([sys.executable], tiny_model_dir(), corpus, tmp_path / "one", rl_steps=0)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"], tiny_model_dir(),
+         corpus, tmp_path / "job", rl_steps=0)
+
+    def lines(out: Path) -> list[str]:
+        return sorted(line for shard in out.glob("part-*.jsonl") for line in shard.read_text().splitlines())
+
+    assert lines(tmp_path / "one") == lines(tmp_path / "job") and len(lines(tmp_path / "one")) == 6

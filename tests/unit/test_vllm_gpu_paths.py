@@ -261,3 +261,14 @@ def test_cuda_memory_is_released_only_where_cuda_was_used(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     release_cuda_memory()
     assert emptied == [1]
+
+
+def test_an_in_process_engine_refuses_a_rank_that_sees_every_gpu_of_the_node():
+    """vLLM's in-process executor takes cuda:0 on every rank: rank 3 seeing 8 GPUs would pile its
+    engine onto rank 0's GPU; one GPU visible per rank (it is then cuda:0) is how to run."""
+    from ra3_megatron.rollout.vllm_engine import check_engine_gpu
+
+    check_engine_gpu(0, 8)
+    check_engine_gpu(3, 1)
+    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES per rank"):
+        check_engine_gpu(3, 8)
