@@ -9,8 +9,9 @@ start-up, and whole wall time, and checks that both runs wrote the same records.
     python tools/bench_estep_ranks.py                          # SmolLM2-135M, stdlib json, vLLM, RL off
     python tools/bench_estep_ranks.py --rl-steps 2 --ranks 2 --threads-per-rank 1
 
-On a machine with fewer cores than ranks x threads the ranks share cores: the figure is then a
-floor (on GPUs each rank has its own device).
+Each rank stands for one device: the single process runs with one rank's threads
+(`--threads-per-rank`), the job with that many per rank, so both compute alike and must write the
+same records. On a machine with fewer cores than ranks x threads the ranks share cores.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         corpus = work / "corpus"
         shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / args.package, corpus,
                         ignore=shutil.ignore_patterns("__pycache__", "tests"))
-        one_threads = args.ranks * args.threads_per_rank  # the same cores for both
-        wall_one = run_estep([sys.executable], args, model, corpus, work / "one", one_threads)
+        # Each rank stands for one device: the single process gets one rank's threads, so the
+        # engines compute alike (same thread count, same float sums) and the records must match.
+        wall_one = run_estep([sys.executable], args, model, corpus, work / "one", args.threads_per_rank)
         wall_job = run_estep([sys.executable, "-m", "torch.distributed.run", "--standalone",
                               f"--nproc-per-node={args.ranks}"], args, model, corpus, work / "job",
                              args.threads_per_rank)
