@@ -22,7 +22,13 @@ import argparse
 import os
 
 from ra3_megatron.cli.config_args import add_config_arguments, config_from_args
-from ra3_megatron.cli.rl_job import add_rl_job_arguments, job_process_group, resolve_rl_ranks, rows_per_update
+from ra3_megatron.cli.rl_job import (
+    add_rl_job_arguments,
+    data_parallel_size,
+    job_process_group,
+    resolve_rl_ranks,
+    rows_per_update,
+)
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.config import EStepConfig
 
@@ -124,7 +130,7 @@ def trainer_factory(args: argparse.Namespace, cfg: EStepConfig, *, job_wide: boo
         mbs = min(cfg.micro_batch, 4)
         # An optimizer step of 4 micro-batches' rows, a multiple of what the data-parallel ranks
         # take at once (the same steps, so the same updates, at any DP that divides it).
-        dp = max(1, world // (tp * pp)) if job_wide else 1
+        dp = data_parallel_size(job_wide=job_wide, world=world, tp=tp, pp=pp)
         rows = rows_per_update(4 * mbs, mbs, dp)
         return MegatronPolicyTrainer.from_hf(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
                                              micro_batch=mbs, rows_per_update=rows, seq_length=cfg.max_rl_tokens,

@@ -44,6 +44,11 @@ def resolve_rl_ranks(args: argparse.Namespace, *, trainer: str, workers: int, rl
     return choice
 
 
+def data_parallel_size(*, job_wide: bool, world: int, tp: int, pp: int) -> int:
+    """The trainer's data-parallel size: the job's ranks over tp x pp, or 1 on one process."""
+    return max(1, world // (tp * pp)) if job_wide else 1
+
+
 def rows_per_update(rows: int, micro_batch: int, dp: int) -> int:
     """`rows` rounded up to whole micro-batches on every data-parallel rank."""
     unit = micro_batch * dp

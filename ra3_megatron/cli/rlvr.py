@@ -27,6 +27,7 @@ from ra3_megatron.cli.config_args import add_config_arguments as _add_config_arg
 from ra3_megatron.cli.config_args import config_from_args as _config_from_args
 from ra3_megatron.cli.rl_job import (
     add_rl_job_arguments,
+    data_parallel_size,
     job_process_group,
     resolve_rl_ranks,
     rows_per_update,
@@ -94,7 +95,7 @@ def make_trainer(kind: str, model_dir: str, cfg: GRPOConfig, threads: int | None
     from ra3_megatron.rl.megatron_trainer import MegatronPolicyTrainer
 
     mbs = cfg.micro_batch
-    dp = max(1, world // (tp * pp)) if job_wide else 1
+    dp = data_parallel_size(job_wide=job_wide, world=world, tp=tp, pp=pp)
     # whole micro-batches on every data-parallel rank
     rows = rows_per_update(cfg.rows_per_update or cfg.prompts_per_step * cfg.samples, mbs, dp)
     return MegatronPolicyTrainer.from_hf(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,

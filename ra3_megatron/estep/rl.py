@@ -35,10 +35,10 @@ from ra3_megatron.rl.batch import (
     PolicyTrainer,
     RLExample,
     build_batch,
-    data_parallel_rows,
     engine_logprobs,
     fold_prefixes,
     take_rows,
+    trainer_rows,
 )
 from ra3_megatron.rl.job import Job
 from ra3_megatron.rl.sync import sync_weights
@@ -85,8 +85,7 @@ def policy_batch(examples: Sequence[RLExample], *, sampler, scorer, trainer: Pol
         batch = linear
         row_tokens, layout = sum(len(e.tokens) for e in examples), "plain" if cfg.rl_rows == "plain" else "fold"
     n_rows = int(batch["tokens"].shape[0])
-    mine = (list(range(n_rows)) if trainer.dp == 1
-            else data_parallel_rows(n_rows, trainer.rows_per_update, trainer.dp_rank, trainer.dp))
+    mine = trainer_rows(trainer, n_rows)
     own = take_rows(batch, mine)
 
     def from_engine(engine):  # the whole batch on this rank's engine, then this rank's rows

@@ -138,6 +138,13 @@ def data_parallel_rows(rows: int, rows_per_update: int, dp_rank: int, dp: int) -
     return out
 
 
+def trainer_rows(trainer: PolicyTrainer, rows: int) -> list[int]:
+    """The rows of a `rows`-row batch (held whole on every rank) that this trainer's rank trains."""
+    if trainer.dp == 1:
+        return list(range(rows))
+    return data_parallel_rows(rows, trainer.rows_per_update, trainer.dp_rank, trainer.dp)
+
+
 def take_rows(batch: Batch, rows: Sequence[int]) -> Batch:
     """The batch's tensors at these rows (possibly none), other entries as they are."""
     import torch

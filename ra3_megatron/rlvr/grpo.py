@@ -42,7 +42,7 @@ import numpy as np
 from ra3_megatron.core.rewards import group_advantages
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.files import atomic_write_text
-from ra3_megatron.rl.batch import data_parallel_rows, engine_logprobs, take_rows
+from ra3_megatron.rl.batch import engine_logprobs, take_rows, trainer_rows
 from ra3_megatron.rl.job import Job
 from ra3_megatron.rl.sync import sync_weights
 from ra3_megatron.rlvr.batch import batch_from_rows, logprob_gap, rollout_stats, rows_from_rollouts
@@ -142,7 +142,7 @@ def _train(cfg: GRPOConfig, trainer, reference, ids, comps, rewards, pad_id: int
         return rec
     batch = batch_from_rows(rows, pad_id=pad_id)
     if trainer.dp > 1:  # this data-parallel rank's rows of the batch every rank built
-        batch = take_rows(batch, data_parallel_rows(len(rows), trainer.rows_per_update, trainer.dp_rank, trainer.dp))
+        batch = take_rows(batch, trainer_rows(trainer, len(rows)))
     rollout_lp = batch.pop("rollout_logprobs", None)
     if cfg.old_logprobs == "trainer" or rollout_lp is None:
         batch["old_logprobs"] = trainer.logprobs(batch)
