@@ -1,6 +1,6 @@
 """`key=value` overrides for typed dataclass configs (the launcher's command-line contract).
 
-    cfg = apply_overrides(cfg, ["iterations=3", "estep.penalty=0.1", "mstep_args+=steps=50"])
+    cfg = apply_overrides(cfg, ["iterations=3", "estep.penalty=0.1", "mstep.steps=50"])
 
 Dotted keys reach nested dataclasses; values are parsed by the field's annotation (int, float,
 bool, str, `X | None` with `none`); `list[str]` fields take a comma list, or `+=` to append one.
@@ -22,7 +22,7 @@ def field_type(owner: type, name: str) -> Any:
     return hints[name]
 
 
-def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+def unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
         return inner[0], len(inner) < len(typing.get_args(annotation))
@@ -31,7 +31,7 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
 
 def parse_value(name: str, text: str, annotation: Any) -> Any:
     """Parse `text` as a value of `annotation` (the type of field `name`, for error messages)."""
-    typ, optional = _unwrap_optional(annotation)
+    typ, optional = unwrap_optional(annotation)
     if optional and text.lower() in ("none", "null", ""):
         return None
     origin = typing.get_origin(typ)
@@ -83,6 +83,10 @@ def _set(obj: Any, path: list[str], text: str, append: bool, item: str) -> Any:
         return dataclasses.replace(obj, **{head: _set(getattr(obj, head), path[1:], text, append, item)})
     annotation = field_type(type(obj), head)
     if append:
-        current = list(getattr(obj, head))
-        return dataclasses.replace(obj, **{head: [*current, text]})
+        base, _ = unwrap_optional(annotation)
+        if typing.get_origin(base) not in (list, tuple):
+            raise ConfigError(f"bad override {item!r}: += appends to a list field, {head!r} is not one")
+        (item_type,) = typing.get_args(base)[:1] or (str,)
+        items = [*(getattr(obj, head) or ()), parse_value(head, text, item_type)]
+        return dataclasses.replace(obj, **{head: items if typing.get_origin(base) is list else tuple(items)})
     return dataclasses.replace(obj, **{head: parse_value(head, text, annotation)})

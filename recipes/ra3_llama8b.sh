@@ -8,7 +8,7 @@
 # Megatron trainer (TP=2, Adam sharded over DP=4); RL rollouts run on every rank, q's weights reach
 # the engines in memory, and each M-step runs in-process over the 8 ranks while the engines sleep.
 # `ra3 plan --recipe llama31_8b_8gpu_h100_fp8` prints the memory per GPU of every phase.
-# Overrides are recipe fields: em.estep.penalty=0.1 em.iterations=3 em.mstep_args+=steps=2000 rl_tp=4
+# Overrides are recipe fields: em.estep.penalty=0.1 em.iterations=3 em.mstep.steps=2000 rl.tp=4
 # Rerunning the same command resumes the run. Needs the GPU stack: pip install -e ".[gpu]" (README).
 set -euo pipefail
 : "${MODEL:?set MODEL to a local HF checkpoint dir of Llama-3.1-8B}"

@@ -30,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ra3_megatron.cli.rl_job import torchrun_world
     from ra3_megatron.errors import ConfigError
     from ra3_megatron.recipes.run import load_recipe, run_recipe
+    from ra3_megatron.rl.layout import torchrun_world
 
     if args.list:
         from ra3_megatron.recipes import get_recipe, recipe_names
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     final = state["models"][f"iter_{recipe.em.iterations}"]
     if args.eval_problems > 0:
-        _eval(final, Path(args.run_dir) / "eval", args.eval_problems, recipe.backend)
+        _eval(final, Path(args.run_dir) / "eval", args.eval_problems, recipe.engines.backend)
     print(f"\nra3 demo: done in {time.perf_counter() - t0:.0f} s. Reports:")
     print(f"  {args.run_dir}/report.md (EM rounds), {args.run_dir}/iter_*/report.md")
     if args.eval_problems > 0:

@@ -7,7 +7,7 @@
 Prints one row per phase (E-step rollouts, q's RL update, M-step, GRPO rollouts and update): GiB
 per GPU for weights, gradients, optimizer state, activations, engine weights and KV cache. Exits 1
 when a phase does not fit, with the reason and a layout that would. `mstep.KEY=VALUE` overrides
-an M-step option of the recipe; any other `KEY=VALUE` a recipe field (as in `ra3 demo`). The model
+an M-step field of the recipe (`em.mstep.KEY`); any other `KEY=VALUE` a recipe field (as in `ra3 demo`). The model
 is counted on the meta device (method: `ra3_megatron.recipes.plan`); nothing touches a GPU.
 """
 
@@ -26,18 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ra3_megatron.em.phases import mstep_overrides
     from ra3_megatron.errors import ConfigError
     from ra3_megatron.recipes.plan import fits, fitting_trainer_layout, format_table, plan_recipe
     from ra3_megatron.recipes.run import load_recipe
 
-    mstep_extra = [o[len("mstep."):] for o in args.overrides if o.startswith("mstep.")]
-    recipe = load_recipe(args.recipe, [o for o in args.overrides if not o.startswith("mstep.")])
+    # `mstep.KEY` is short for the recipe field `em.mstep.KEY`
+    recipe = load_recipe(args.recipe, [f"em.{o}" if o.startswith("mstep.") else o for o in args.overrides])
     gpus = args.gpus or (recipe.ranks if recipe.ranks > 1 else recipe.em.nproc)
     if gpus < 1 or args.gpu_memory_gb <= 0:
         raise ConfigError("--gpus and --gpu-memory-gb must be positive")
-    mstep = mstep_overrides([*recipe.em.mstep_args, *mstep_extra])
-    phases, shape = plan_recipe(recipe, gpus=gpus, gpu_gb=args.gpu_memory_gb, mstep=mstep)
+    mstep = recipe.em.mstep
+    phases, shape = plan_recipe(recipe, gpus=gpus, gpu_gb=args.gpu_memory_gb)
     print(f"{args.recipe}: {shape.total / 1e9:.2f}B parameters, {gpus} GPU(s) of {args.gpu_memory_gb:g} GiB "
           "(GiB per GPU below)")
     print(format_table(phases, args.gpu_memory_gb))
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         why = p.note or f"needs {p.total:.1f} GiB of {args.gpu_memory_gb:g}"
         print(f"\n{p.name} does not fit: {why}.")
         if p.name == "M-step":
-            seq, mbs = int(mstep.get("seq_length", 256)), int(mstep.get("micro_batch_size", 1))
+            seq, mbs = mstep.seq_length, mstep.micro_batch_size
             layout = fitting_trainer_layout(shape, gpus=gpus, gpu_gb=args.gpu_memory_gb, seq=seq, micro_batch=mbs)
             if layout:
                 print(f"  a layout that fits: mstep.tp={layout.tp} mstep.pp={layout.pp} (DP={layout.dp}, "
@@ -62,13 +61,13 @@ def run(args: argparse.Namespace) -> int:
             layout = fitting_trainer_layout(shape, gpus=max(gpus, 1), gpu_gb=args.gpu_memory_gb, seq=seq,
                                             micro_batch=min(estep.micro_batch, 4), engines_gb=engines)
             if layout:
-                print(f"  a layout that fits beside the engines: rl_tp={layout.tp} rl_pp={layout.pp} (DP={layout.dp}, "
+                print(f"  a layout that fits beside the engines: rl.tp={layout.tp} rl.pp={layout.pp} (DP={layout.dp}, "
                       "Adam sharded over DP)" + ("" if recipe.ranks > 1 else
                                                  f" as a torchrun job of {gpus} ranks (ranks={gpus})"))
             else:
                 more = next((g for g in (2, 4, 8, 16, 32, 64) if g > gpus and fitting_trainer_layout(
                     shape, gpus=g, gpu_gb=args.gpu_memory_gb, seq=seq, micro_batch=min(estep.micro_batch, 4),
                     engines_gb=engines)), None)
-                print(f"  no rl_tp x rl_pp layout of {gpus} GPU(s) fits beside the engines"
+                print(f"  no rl.tp x rl.pp layout of {gpus} GPU(s) fits beside the engines"
                       + (f"; {more} GPUs would" if more else "; use a smaller model or GPUs with more memory"))
     return 1 if failed else 0

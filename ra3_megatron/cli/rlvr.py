@@ -25,15 +25,15 @@ from pathlib import Path
 
 from ra3_megatron.cli.config_args import add_config_arguments as _add_config_arguments
 from ra3_megatron.cli.config_args import config_from_args as _config_from_args
-from ra3_megatron.cli.rl_job import (
-    add_rl_job_arguments,
-    data_parallel_size,
+from ra3_megatron.cli.rl_job import add_rl_job_arguments, rl_layout_from_args
+from ra3_megatron.errors import ConfigError
+from ra3_megatron.rl.layout import (
+    RLLayout,
     job_process_group,
+    policy_trainer_factory,
     resolve_rl_ranks,
-    rows_per_update,
     torchrun_world,
 )
-from ra3_megatron.errors import ConfigError
 from ra3_megatron.rlvr.config import GRPOConfig
 
 
@@ -57,15 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mbpp-prompt", choices=("3shot", "evalplus"), default="3shot")
     parser.add_argument("--limit", type=int, default=None, help="only the first N training problems")
     parser.add_argument("--backend", choices=("vllm", "hf", "fake"), default="vllm", help="rollout engine (default: vllm)")
-    parser.add_argument("--trainer", choices=("auto", "megatron", "torch"), default="auto",
-                        help="policy trainer: megatron (MegatronEngine) or torch (transformers); auto: megatron, "
-                             "torch with --backend fake")
     parser.add_argument("--sandbox-mode", choices=("auto", "bwrap", "weak"), default="auto")
     parser.add_argument("--sandbox-workers", type=int, default=None, help="parallel sandboxes (default: CPU count)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in this process")
     parser.add_argument("--enforce-eager", action="store_true", help="vLLM: no CUDA graphs / torch.compile")
     parser.add_argument("--no-progress", action="store_true")
-    add_rl_job_arguments(parser, what="GRPO")
+    add_rl_job_arguments(parser)
     add_config_arguments(parser)
 
 
@@ -82,26 +79,15 @@ def make_engine(backend: str, model_dir: str, threads: int | None = None, eager:
     return create_engine("vllm", model=str(model_dir), max_model_len=context, threads=threads, enforce_eager=eager)
 
 
-def make_trainer(kind: str, model_dir: str, cfg: GRPOConfig, threads: int | None = None, *,
-                 job_wide: bool = False, tp: int = 1, pp: int = 1, world: int = 1):
-    """The E-step's PolicyTrainer implementations, configured for GRPO (`job_wide`: a Megatron
-    trainer over all `world` ranks of the torchrun job at tp x pp)."""
-    if kind == "torch":
-        from ra3_megatron.rl.torch_trainer import TorchPolicyTrainer
-
-        return TorchPolicyTrainer(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
-                                  micro_batch=cfg.micro_batch, rows_per_update=cfg.rows_per_update or None,
-                                  seed=cfg.seed, threads=threads)
-    from ra3_megatron.rl.megatron_trainer import MegatronPolicyTrainer
-
-    mbs = cfg.micro_batch
-    dp = data_parallel_size(job_wide=job_wide, world=world, tp=tp, pp=pp)
-    # whole micro-batches on every data-parallel rank
-    rows = rows_per_update(cfg.rows_per_update or cfg.prompts_per_step * cfg.samples, mbs, dp)
-    return MegatronPolicyTrainer.from_hf(model_dir, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
-                                         micro_batch=mbs, rows_per_update=rows,
-                                         seq_length=-(-cfg.max_seq_tokens // 16) * 16, seed=cfg.seed,
-                                         tp=tp, pp=pp, job_wide=job_wide)
+def make_trainer(layout: RLLayout, backend: str, model_dir: str, cfg: GRPOConfig, threads: int | None = None, *,
+                 job_wide: bool = False, world: int = 1):
+    """The policy's trainer (the E-step's PolicyTrainer implementations), configured for GRPO
+    (`job_wide`: a Megatron trainer over all `world` ranks of the torchrun job at layout.tp x pp)."""
+    return policy_trainer_factory(layout, backend=backend, lr=cfg.lr, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
+                                  micro_batch=cfg.micro_batch, rows=cfg.rows_per_update or cfg.prompts_per_step * cfg.samples,
+                                  torch_rows_per_update=cfg.rows_per_update or None,
+                                  seq_length=-(-cfg.max_seq_tokens // 16) * 16, seed=cfg.seed, threads=threads,
+                                  job_wide=job_wide, world=world)(model_dir)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -140,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     from ra3_megatron.rlvr.verify import Verifier
 
     cfg = config_from_args(args)
-    kind = args.trainer if args.trainer != "auto" else ("torch" if args.backend == "fake" else "megatron")
+    layout = rl_layout_from_args(args)
+    kind = layout.trainer_kind(args.backend)
     problems = load_tasks(args.problems, mbpp_dir=args.mbpp_dir, mbpp_prompt=args.mbpp_prompt)[: args.limit]
     heldout = [] if args.heldout == "none" else load_tasks(args.heldout, mbpp_dir=args.mbpp_dir,
                                                           mbpp_prompt=args.mbpp_prompt)
@@ -153,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     done, weights = resume_point(out, args.model)
     world = torchrun_world()
-    job_wide = resolve_rl_ranks(args, trainer=kind, workers=world) == "all" and world > 1
+    job_wide = resolve_rl_ranks(layout, backend=args.backend, workers=world) == "all" and world > 1
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if done >= cfg.steps:
         if main_rank:
@@ -161,11 +148,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if done and main_rank:
         print(f"rlvr: resuming {out} after step {done} from {weights}")
-    with job_process_group(job_wide, tp=args.tp, pp=args.pp, seed=cfg.seed):
+    with job_process_group(job_wide, tp=layout.tp, pp=layout.pp, seed=cfg.seed):
         from ra3_megatron.rl.job import Job
 
-        trainer = make_trainer(kind, weights, cfg, args.threads, job_wide=job_wide, tp=args.tp, pp=args.pp,
-                               world=world)
+        trainer = make_trainer(layout, args.backend, weights, cfg, args.threads, job_wide=job_wide, world=world)
         engine = make_engine(args.backend, weights, args.threads, args.enforce_eager)
         reference = make_engine(args.backend, args.model, args.threads, args.enforce_eager) if cfg.kl_coef else None
         with Verifier(SandboxConfig(mode=args.sandbox_mode), workers=args.sandbox_workers) as verifier:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ra3_megatron.data.prepare import PrepareConfig
 from ra3_megatron.errors import ConfigError
 from ra3_megatron.estep.config import EStepConfig
+from ra3_megatron.megatron.trainer import MStepConfig
 
 BASE_ARMS = ("ntp", "ra3", "shuffled", "null")
 THINKING = ("ra3", "shuffled", "null")  # arms trained with thoughts (their models may think)
@@ -28,10 +30,12 @@ class CompareConfig:
     iterations: int = 1  # EM rounds of the RA3 arm(s)
     init: str = "previous"  # the RA3 M-step's start in later rounds (see em.loop)
     estep: EStepConfig = field(default_factory=EStepConfig)
-    prepare: str = "ra3"
-    prepare_args: list[str] = field(default_factory=list)
-    mstep: str = "ra3"
-    mstep_args: list[str] = field(default_factory=list)
+    # Every arm's prepare and M-step configs (paths filled per arm; mstep.steps is the RA3 arm's,
+    # the controls train on as many code tokens as it did) and their runners (see em.phases).
+    prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(progress=False))
+    mstep: MStepConfig = field(default_factory=MStepConfig)
+    prepare_runner: str = "ra3"
+    mstep_runner: str = "ra3"
     nproc: int = 1  # M-step ranks
     null_text: str = "Handle the remaining cases."
     think_samples: int = 2  # readings with self-written thoughts per held-out snippet
@@ -75,4 +79,5 @@ class CompareConfig:
         """What must not change when a run resumes."""
         body = asdict(self)
         body.pop("out")
+        body["prepare"].pop("progress")
         return body

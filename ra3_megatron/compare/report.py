@@ -7,6 +7,7 @@ RA3 as used against NTP and both controls as used; the plain CE of every arm is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -136,12 +137,21 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def _changed_mstep(mstep: dict[str, Any]) -> str:
+    """The M-step fields the run set away from their defaults, as key=value."""
+    from ra3_megatron.megatron.trainer import MSTEP_PATHS, MStepConfig
+
+    default = dataclasses.asdict(MStepConfig())
+    changed = [f"{k}={v}" for k, v in mstep.items() if k not in MSTEP_PATHS and default.get(k) != v]
+    return " ".join(changed) or "(defaults)"
+
+
 def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
     cfg = results["config"]
     lines = ["# RA3 vs NTP on held-out code", "",
              f"Base model `{cfg['model']}`; training input `{cfg['input']}`; held-out `{cfg['heldout']}` "
              f"({results['heldout_snippets']} snippets). Penalty c = {cfg['estep']['penalty']}, "
-             f"{cfg['iterations']} EM round(s); M-step options: {' '.join(cfg['mstep_args']) or '(defaults)'}.", "",
+             f"{cfg['iterations']} EM round(s); M-step options: {_changed_mstep(cfg['mstep'])}.", "",
              f"**Verdict.** {results['verdict']}", "",
              "## Arms", "",
              f"Code CE in nats per code token, with bootstrap 95% intervals over held-out files "

@@ -27,7 +27,7 @@ from ra3_megatron.compare.arms import arm_records, read_infused, write_records
 from ra3_megatron.compare.config import THINKING, CompareConfig, ablation_arm
 from ra3_megatron.compare.measure import measure_arm
 from ra3_megatron.em.loop import EMConfig, EMState, run_em
-from ra3_megatron.em.phases import mstep_overrides, resolve_phase
+from ra3_megatron.em.phases import resolve_phase
 from ra3_megatron.errors import InputError
 from ra3_megatron.files import atomic_write_text
 
@@ -109,7 +109,7 @@ def _em_config(cfg: CompareConfig, arm: str) -> EMConfig:
         estep = dataclasses.replace(cfg.estep, penalty=next(c for c in cfg.penalties if ablation_arm(c) == arm))
     return EMConfig(model=cfg.model, input=cfg.input, run_dir=str(Path(cfg.out) / "arms" / arm),
                     iterations=cfg.iterations, init=cfg.init, prepare=cfg.prepare, mstep=cfg.mstep,
-                    prepare_args=list(cfg.prepare_args), mstep_args=list(cfg.mstep_args), nproc=cfg.nproc,
+                    prepare_runner=cfg.prepare_runner, mstep_runner=cfg.mstep_runner, nproc=cfg.nproc,
                     estep=estep)
 
 
@@ -138,31 +138,29 @@ def _control_data(cfg: CompareConfig, arm: str) -> dict[str, Any]:
     n, thoughts = write_records(records, arm_records(arm, infused, cfg.estep, seed=cfg.seed, null_text=cfg.null_text))
     _log(f"{arm}: {n} snippets, {thoughts} thoughts -> {records}")
     shutil.rmtree(arm_dir / "data", ignore_errors=True)
-    prefix = resolve_phase("prepare", cfg.prepare)(estep_dir=records, out_dir=arm_dir / "data", model=cfg.model,
-                                                   args=cfg.prepare_args)
+    (arm_dir / "data").mkdir(parents=True, exist_ok=True)
+    prepare = dataclasses.replace(cfg.prepare, input=str(records), output=str(arm_dir / "data" / "train"),
+                                  tokenizer=cfg.model)
+    prefix = resolve_phase("prepare", cfg.prepare_runner)(prepare)
     return {"data": {arm: str(prefix)}}
 
 
 def _train_control(cfg: CompareConfig, arm: str, state: EMState) -> dict[str, Any]:
     import shutil
 
-    from ra3_megatron.megatron.trainer import MStepConfig
-
-    known = {f.name: f.default for f in dataclasses.fields(MStepConfig)}
-    values = {**known, **mstep_overrides(cfg.mstep_args)}
-    gbs, seq = int(values["global_batch_size"]), int(values["seq_length"])
+    gbs, seq = cfg.mstep.global_batch_size, cfg.mstep.seq_length
     ra3 = _read_json(Path(cfg.out) / "arms" / "ra3" / "train.json")
     target = ra3["code_tokens"]
     if target is None:  # an M-step without metrics (a plugged-in one): estimate from the data
         rounds = cfg.iterations if cfg.init == "previous" else 1
-        target = int(values["steps"]) * rounds * gbs * seq * _code_share(ra3["data"])
+        target = cfg.mstep.steps * rounds * gbs * seq * _code_share(ra3["data"])
     prefix = state.body["data"][arm]
     steps = max(1, round(target / (gbs * seq * _code_share(prefix))))
     arm_dir = Path(cfg.out) / "arms" / arm
     shutil.rmtree(arm_dir / "mstep", ignore_errors=True)
     _log(f"{arm}: {steps} M-step steps to match the ra3 arm's {target:,.0f} code tokens")
-    hf = resolve_phase("mstep", cfg.mstep)(data=prefix, model=cfg.model, out_dir=arm_dir / "mstep", nproc=cfg.nproc,
-                                           args=[*cfg.mstep_args, f"steps={steps}"], iteration=0)
+    mstep = dataclasses.replace(cfg.mstep, model=cfg.model, data=prefix, out=str(arm_dir / "mstep"), steps=steps)
+    hf = resolve_phase("mstep", cfg.mstep_runner)(mstep, nproc=cfg.nproc, iteration=0)
     measured = mstep_code_tokens(arm_dir / "mstep")
     _write_json(arm_dir / "train.json", {"steps": steps, "code_tokens": measured[1] if measured else None,
                                          "target_code_tokens": target, "data": prefix})

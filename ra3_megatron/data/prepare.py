@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 
 from ra3_megatron.data.dedup import Deduper
@@ -30,29 +30,55 @@ from ra3_megatron.data.encode import BatchResult, encode_documents
 from ra3_megatron.data.readers import SkipReport, count_documents, iter_documents
 from ra3_megatron.data.split import is_heldout, split_prefixes
 from ra3_megatron.data.tokenizer import load_tokenizer
+from ra3_megatron.errors import ConfigError
 
-__all__ = ["PrepareConfig", "prepare"]
+__all__ = ["PREPARE_PATHS", "PrepareConfig", "prepare"]
+
+
+def _opt(help: str, default=None, **kw):
+    """A field with its command-line help (`ra3 prepare --help` is generated from these)."""
+    if "default_factory" in kw:
+        return field(metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help})
+
+
+# The three paths the EM loop fills in each round (a config for every round holds the rest).
+PREPARE_PATHS = ("input", "tokenizer", "output")
 
 
 @dataclass(kw_only=True)
 class PrepareConfig:
-    input: str
-    tokenizer: str  # HF dir, tokenizer.json, `tiny` or `smollm2`
-    output: str  # prefix
-    max_tokens: int = 2048  # snippet budget; 0 = no chunking
-    holdout: float = 0.0  # fraction of origins (files) held out for validation
-    dedup: bool = True
-    workers: int = 1
-    skip_bad_lines: bool = False
-    limit: int | None = None  # documents to read at most
-    text_field: str = "auto"
-    max_line_chars: int = 20_000
-    exclude: tuple[str, ...] = ()
-    eos_token: str | None = None
-    write_snippets: bool = False
-    progress: bool = True
-    batch_docs: int = 64
-    batch_chars: int = 2_000_000
+    input: str = _opt("a .py file or directory of them, .jsonl/.json, .parquet, a saved HF dataset dir, "
+                      "or an E-step output dir (manifest.json)", "")
+    tokenizer: str = _opt("HF tokenizer dir, tokenizer.json, `tiny` or `smollm2`", "")
+    output: str = _opt("output prefix (PREFIX.bin / PREFIX.idx ...)", "")
+    max_tokens: int = _opt("snippet token budget; 0 = no chunking", 2048)
+    holdout: float = _opt("fraction of files held out (PREFIX_train / PREFIX_valid); 0 = one PREFIX", 0.0)
+    dedup: bool = _opt("drop exact duplicate snippets", True)
+    workers: int = _opt("worker processes for chunking + tokenizing", 1)
+    skip_bad_lines: bool = _opt("count bad jsonl lines / records as skips instead of stopping with an error",
+                                False)
+    limit: int | None = _opt("read at most N documents")
+    text_field: str = _opt("record field with the code (auto: text, content, code)", "auto")
+    max_line_chars: int = _opt("skip documents with a longer line (minified / generated data)", 20_000)
+    exclude: tuple[str, ...] = _opt("skip files with a path component matching GLOB, e.g. test",
+                                    default_factory=tuple)
+    eos_token: str | None = _opt("end-of-document token (default: the tokenizer's eos)")
+    write_snippets: bool = _opt("also write PREFIX.snippets.jsonl", False)
+    progress: bool = _opt("a progress bar on stderr", True)
+    batch_docs: int = _opt("documents per worker batch", 64)
+    batch_chars: int = _opt("characters per worker batch at most", 2_000_000)
+
+    def validate(self) -> None:
+        missing = [name for name in PREPARE_PATHS if not getattr(self, name)]
+        if missing:
+            raise ConfigError("prepare needs " + ", ".join(missing))
+        if self.max_tokens < 0:
+            raise ConfigError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
 
 
 def _batches(docs: Iterable, n: int, chars: int) -> Iterator[list]:
@@ -116,6 +142,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     """Run the pipeline; returns the summary (also written to PREFIX.summary.json)."""
     from ra3_megatron.data.indexed import IndexedWriter  # imports megatron.core: only when writing
 
+    cfg.validate()
     start = time.perf_counter()
     tok = load_tokenizer(cfg.tokenizer, eos_token=cfg.eos_token)
     report = SkipReport()

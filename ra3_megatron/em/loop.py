@@ -14,15 +14,17 @@ its completed shards, prepare and the M-step restart in a clean directory. pi of
 model of round k-1 (the input model for k = 1); the M-step starts from it (`init="previous"`) or
 from the input model (`init="base"`).
 
-The prepare and M-step phases are pluggable (`em.phases`): the default runs `ra3 prepare`
-in-process and `ra3 mstep` as a subprocess (torchrun when nproc > 1); tests and dry runs pass
-any `module:function` with the same signature.
+The prepare and M-step phases take typed configs (`EMConfig.prepare`, `EMConfig.mstep`, their
+paths filled each round) and are pluggable (`em.phases`): the default runs the prepare pipeline
+in-process and `ra3 mstep --config FILE` as a subprocess (torchrun when nproc > 1); tests and dry
+runs pass any `module:function` runner with the same signature.
 
 As one torchrun job (`job` over the ranks of the default process group) every phase runs over
 all ranks: the E-step with RL on every rank and the infusion sharded, the M-step in-process on
 every rank (`em.phases.mstep_job`); prepare and the reports run on the first rank while the
-others wait. The first rank writes state.json; every rank keeps the same copy in memory, and the
-ranks meet at a barrier after each phase, so a rerun after any rank died resumes consistently.
+others wait for its mark in state.json (a poll, not a collective: prepare may outlast a process
+group's timeout). The first rank writes state.json; every rank keeps the same copy in memory, and
+the ranks meet at a barrier after each phase, so a rerun after any rank died resumes consistently.
 """
 
 from __future__ import annotations
@@ -31,19 +33,23 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ra3_megatron.data.prepare import PREPARE_PATHS, PrepareConfig
 from ra3_megatron.em.phases import resolve_phase, summary_table
-from ra3_megatron.errors import ConfigError
+from ra3_megatron.errors import ConfigError, RA3Error
 from ra3_megatron.estep.config import EStepConfig
 from ra3_megatron.estep.run import EStepRun, run_estep
 from ra3_megatron.estep.stats import atomic_write_text
+from ra3_megatron.megatron.trainer import MSTEP_PATHS, MStepConfig
 from ra3_megatron.rl.job import Job
 from ra3_megatron.rollout.pool import EnginePool
 
 PHASES = ("estep", "data", "mstep", "report")
+MAIN_ONLY = ("data", "report")  # phases the first rank runs alone while the others wait
+FIRST_RANK_WAIT_S = 48 * 3600.0
 
 
 @dataclass(kw_only=True)
@@ -53,23 +59,35 @@ class EMConfig:
     run_dir: str
     iterations: int = 2
     init: str = "previous"  # M-step initialisation: "previous" round's model or the "base" model
-    prepare: str = "ra3"  # "ra3" or "module:function" (see em.phases)
-    mstep: str = "ra3"  # "ra3", "inprocess" or "module:function"
-    prepare_args: list[str] = field(default_factory=list)
-    mstep_args: list[str] = field(default_factory=list)
-    nproc: int = 1  # M-step ranks (torchrun when > 1)
     estep: EStepConfig = field(default_factory=EStepConfig)
+    # The other two phases' configs; the loop fills their paths (PREPARE_PATHS, MSTEP_PATHS) each round.
+    prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(progress=False))
+    mstep: MStepConfig = field(default_factory=MStepConfig)
+    prepare_runner: str = "ra3"  # "ra3" or "module:function" (see em.phases)
+    mstep_runner: str = "ra3"  # "ra3", "inprocess" or "module:function"
+    nproc: int = 1  # M-step ranks (torchrun when > 1; leave 1 when the EM loop is a torchrun job)
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
         if self.init not in ("previous", "base"):
             raise ConfigError(f"init must be 'previous' or 'base', got {self.init!r}")
+        for name, paths in (("prepare", PREPARE_PATHS), ("mstep", MSTEP_PATHS)):
+            given = [p for p in paths if getattr(getattr(self, name), p)]
+            if given:
+                raise ConfigError(f"{name}.{given[0]} is set by the EM loop each round; leave it empty")
 
     def identity(self) -> dict[str, Any]:
-        """What must not change when a run resumes (iterations may grow)."""
+        """What must not change when a run resumes (iterations may grow; progress bars may differ)."""
         return {"model": self.model, "input": self.input, "init": self.init, "estep": self.estep.to_dict(),
-                "prepare_args": self.prepare_args, "mstep_args": self.mstep_args}
+                "prepare": {k: v for k, v in asdict(self.prepare).items() if k != "progress"},
+                "mstep": asdict(self.mstep)}
+
+    def prepare_round(self, *, estep_dir: Path, out_dir: Path, tokenizer: str) -> PrepareConfig:
+        return replace(self.prepare, input=str(estep_dir), output=str(out_dir / "train"), tokenizer=str(tokenizer))
+
+    def mstep_round(self, *, data: str, model: str, out_dir: Path) -> MStepConfig:
+        return replace(self.mstep, model=str(model), data=str(data), out=str(out_dir))
 
 
 class EMState:
@@ -102,6 +120,24 @@ class EMState:
         if self.writer:  # one writer per run dir (the first rank of a job); the others keep a copy
             atomic_write_text(self.path, json.dumps(self.body, indent=1) + "\n")
 
+    def wait_for(self, phase: str, *, timeout_s: float = FIRST_RANK_WAIT_S, poll_s: float = 1.0) -> None:
+        """A rank that is not the writer waits for the first rank to record `phase` (a phase it
+        runs alone, such as prepare, may take hours: longer than a collective's timeout), then
+        takes the first rank's state. A dead first rank ends the wait sooner: the job's watchdog
+        stops every rank (megatron/watchdog.py)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                body = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):  # written atomically: absent or old, never torn
+                body = {}
+            if phase in body.get("completed", []):
+                self.body = body
+                return
+            if time.monotonic() > deadline:
+                raise RA3Error(f"the first rank did not finish {phase} within {timeout_s:.0f} s ({self.path})")
+            time.sleep(poll_s)
+
 
 def run_em(
     cfg: EMConfig,
@@ -123,8 +159,8 @@ def run_em(
     job.barrier()  # the others read what the first rank checked and wrote
     if not job.is_main:
         state = EMState(run_dir, cfg.identity(), writer=False)
-    prepare = resolve_phase("prepare", cfg.prepare)
-    mstep = resolve_phase("mstep", cfg.mstep, job_wide=job.world > 1)
+    prepare = resolve_phase("prepare", cfg.prepare_runner)
+    mstep = resolve_phase("mstep", cfg.mstep_runner, job_wide=job.world > 1)
     # pi's and q's engines live across rounds: a later round reloads weights instead of starting
     # engines again; they sleep while the M-step trains.
     pool = EnginePool(make_engine)
@@ -161,26 +197,30 @@ def _run_rounds(cfg, state, run_dir, pool, make_trainer, prepare, mstep, log, pr
                                    progress=progress, rank=job.rank, world=job.world,
                                    rl_ranks="all" if job.world > 1 else "first"),
                           cfg.estep, make_engine=pool.acquire, make_trainer=trainer)
+            elif phase in MAIN_ONLY and not job.is_main:
+                state.wait_for(name)  # no collective: prepare may outlast the process group's timeout
+                job.barrier()
+                continue
             elif phase == "data":
-                prefix = None
-                if job.is_main:
-                    shutil.rmtree(it / "data", ignore_errors=True)
-                    prefix = str(prepare(estep_dir=it / "estep", out_dir=it / "data", model=pi,
-                                         args=cfg.prepare_args))
-                updates = {"data": {f"iter_{k}": job.from_main(prefix)}}
+                shutil.rmtree(it / "data", ignore_errors=True)
+                prefix = str(prepare(cfg.prepare_round(estep_dir=it / "estep", out_dir=it / "data", tokenizer=pi)))
+                updates = {"data": {f"iter_{k}": prefix}}
             elif phase == "mstep":
                 pool.sleep_idle()
                 if job.is_main:
                     shutil.rmtree(it / "mstep", ignore_errors=True)
                 job.barrier()  # no rank writes into the M-step dir before it is clean
                 init = pi if cfg.init == "previous" else cfg.model
-                hf_dir = mstep(data=state.body["data"][f"iter_{k}"], model=init, out_dir=it / "mstep",
-                               nproc=cfg.nproc, args=cfg.mstep_args, iteration=k)
+                hf_dir = mstep(cfg.mstep_round(data=state.body["data"][f"iter_{k}"], model=init,
+                                               out_dir=it / "mstep"), nproc=cfg.nproc, iteration=k)
                 updates = {"models": {f"iter_{k}": str(hf_dir)}}
-            elif job.is_main:
+            else:
                 _write_reports(run_dir, state, k)
-            job.barrier()  # every rank finished the phase (an E-step's last shard, the M-step's export)
+            if phase not in MAIN_ONLY:
+                job.barrier()  # every rank finished the phase (an E-step's last shard, the M-step's export)
             state.mark(name, time.perf_counter() - t0, **updates)
+            if phase in MAIN_ONLY:
+                job.barrier()  # the others saw the mark (EMState.wait_for) and wait here
             log(f"[em] {name} done in {time.perf_counter() - t0:.1f} s")
 
 

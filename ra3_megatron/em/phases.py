@@ -1,14 +1,15 @@
 """The pluggable EM phases: prepare (E-step output -> indexed dataset) and the M-step.
 
-A phase is a function; `resolve_phase(kind, spec)` turns a spec into one:
-- prepare, "ra3": `ra3 prepare --input ESTEP_DIR --output OUT/train --tokenizer MODEL [args]` in-process.
-  Signature: `prepare(*, estep_dir, out_dir, model, args) -> dataset prefix (str)`.
-- mstep, "ra3": `ra3 mstep --model INIT --data PREFIX --out OUT [args]` as a subprocess
-  (`torchrun --nproc-per-node N` when nproc > 1), so Megatron's process groups live and die with
-  it; "inprocess": `megatron.trainer.run_mstep` in this process (one rank).
-  When the EM loop itself runs as a torchrun job, both mean `run_mstep` in-process on every rank
-  of the job (`mstep_job`), its process group shared with the E-step's trainer and engines.
-  Signature: `mstep(*, data, model, out_dir, nproc, args, iteration) -> HF dir of the new model`.
+A phase is a function of its typed config, which the EM loop completes each round (the paths);
+`resolve_phase(kind, spec)` turns a runner spec into one:
+- prepare, "ra3": `data.prepare.prepare(cfg)` in-process.
+  Signature: `prepare(cfg: PrepareConfig) -> dataset prefix (str)`.
+- mstep, "ra3": `ra3 mstep --config FILE` as a subprocess (`torchrun --nproc-per-node N` when
+  nproc > 1), so Megatron's process groups live and die with it; "inprocess":
+  `megatron.trainer.run_mstep` in this process (one rank). When the EM loop itself runs as a
+  torchrun job, both mean `run_mstep` in-process on every rank of the job (`mstep_job`), its
+  process group shared with the E-step's trainer and engines.
+  Signature: `mstep(cfg: MStepConfig, *, nproc: int, iteration: int) -> HF dir of the new model`.
 - any "package.module:function" with the same signature (tests use a fake M-step this way).
 """
 
@@ -18,83 +19,66 @@ import importlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ra3_megatron.errors import ConfigError, RA3Error
 
+if TYPE_CHECKING:
+    from ra3_megatron.data.prepare import PrepareConfig
+    from ra3_megatron.megatron.trainer import MStepConfig
 
-def prepare_ra3(*, estep_dir: Path, out_dir: Path, model: str, args: Sequence[str] = ()) -> str:
-    from ra3_megatron.cli.main import main
 
+def prepare_ra3(cfg: PrepareConfig) -> str:
+    from ra3_megatron.data.prepare import format_summary, prepare
+
+    Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+    print(format_summary(prepare(cfg)))
+    return cfg.output
+
+
+def mstep_ra3(cfg: MStepConfig, *, nproc: int = 1, iteration: int = 0) -> Path:
+    from ra3_megatron.megatron.trainer import save_mstep_config
+
+    out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = out_dir / "train"
-    argv = ["prepare", "--input", str(estep_dir), "--output", str(prefix), "--tokenizer", str(model), *args]
-    rc = main(argv)
-    if rc:
-        raise RA3Error(f"ra3 {' '.join(argv)} failed with exit status {rc}")
-    return str(prefix)
-
-
-def mstep_ra3(*, data: str, model: str, out_dir: Path, nproc: int = 1, args: Sequence[str] = (),
-              iteration: int = 0) -> Path:
-    cmd = ["--model", str(model), "--data", str(data), "--out", str(out_dir), *args]
+    config = save_mstep_config(cfg, out_dir / "mstep_request.json")
+    cmd = ["-m", "ra3_megatron.cli.main", "mstep", "--config", str(config)]
     if nproc > 1:
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                "-m", "ra3_megatron.cli.main", "mstep", *cmd]
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *cmd]
     else:
-        argv = [sys.executable, "-m", "ra3_megatron.cli.main", "mstep", *cmd]
+        argv = [sys.executable, *cmd]
     rc = subprocess.call(argv, env=dict(os.environ))
     if rc:
         raise RA3Error(f"M-step failed with exit status {rc}: {' '.join(argv)}")
     return _hf_dir(out_dir)
 
 
-def mstep_inprocess(*, data: str, model: str, out_dir: Path, nproc: int = 1, args: Sequence[str] = (),
-                    iteration: int = 0) -> Path:
-    """One-rank M-step in this process; `args` are MStepConfig fields as key=value."""
+def mstep_inprocess(cfg: MStepConfig, *, nproc: int = 1, iteration: int = 0) -> Path:
+    """One-rank M-step in this process."""
     from ra3_megatron.megatron.parallel import destroy_distributed
-    from ra3_megatron.megatron.trainer import MStepConfig, run_mstep
+    from ra3_megatron.megatron.trainer import run_mstep
 
     if nproc != 1:
-        raise ConfigError("the in-process M-step runs on one rank; use mstep='ra3' for nproc > 1")
+        raise ConfigError("the in-process M-step runs on one rank; use the 'ra3' M-step runner for nproc > 1")
     try:
-        run_mstep(MStepConfig(model=str(model), data=str(data), out=str(out_dir), **mstep_overrides(args)))
+        run_mstep(cfg)
     finally:
         destroy_distributed()
-    return _hf_dir(out_dir)
+    return _hf_dir(Path(cfg.out))
 
 
-def mstep_job(*, data: str, model: str, out_dir: Path, nproc: int = 1, args: Sequence[str] = (),
-              iteration: int = 0) -> Path:
-    """The M-step on every rank of the running torchrun job, in-process (a collective); `args` are
-    MStepConfig fields as key=value (tp=2, pp=2 shard it over the job's ranks). The job's process
-    group outlives it (the next round's E-step gathers over it)."""
-    from ra3_megatron.megatron.trainer import MStepConfig, run_mstep
+def mstep_job(cfg: MStepConfig, *, nproc: int = 1, iteration: int = 0) -> Path:
+    """The M-step on every rank of the running torchrun job, in-process (a collective); cfg.tp and
+    cfg.pp shard it over the job's ranks. The job's process group outlives it (the next round's
+    E-step gathers over it)."""
+    from ra3_megatron.megatron.trainer import run_mstep
 
     if nproc != 1:
         raise ConfigError("under torchrun the M-step runs over the job's ranks: leave --nproc at 1")
-    run_mstep(MStepConfig(model=str(model), data=str(data), out=str(out_dir), **mstep_overrides(args)))
-    return _hf_dir(out_dir)
-
-
-def mstep_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """MStepConfig fields from M-step options written KEY=VALUE or --KEY=VALUE (later ones win)."""
-    import dataclasses
-
-    from ra3_megatron.cli.mstep import parse_value
-    from ra3_megatron.megatron.trainer import MStepConfig
-
-    known = {f.name: f for f in dataclasses.fields(MStepConfig)}
-    values: dict[str, Any] = {}
-    for item in args:
-        key, sep, text = item.partition("=")
-        key = key.lstrip("-").replace("-", "_")
-        if not sep or key not in known:
-            raise ConfigError(f"M-step options are KEY=VALUE with an MStepConfig field, got {item!r}")
-        values[key] = parse_value(key, text, known[key].type)
-    return values
+    run_mstep(cfg)
+    return _hf_dir(Path(cfg.out))
 
 
 def _hf_dir(out_dir: Path) -> Path:

@@ -41,8 +41,10 @@ from ra3_megatron.rl.batch import (
     trainer_rows,
 )
 from ra3_megatron.rl.job import Job
+from ra3_megatron.rl.layout import RLLayout, policy_trainer_factory
 from ra3_megatron.rl.sync import sync_weights
 from ra3_megatron.rollout.base import engines_asleep
+from ra3_megatron.rollout.settings import EngineSettings
 
 T = TypeVar("T")
 
@@ -194,3 +196,15 @@ def run_rl(
         if on_step is not None:
             on_step(record)
     return history
+
+
+def q_trainer_factory(cfg: EStepConfig, layout: RLLayout, engines: EngineSettings, *, job_wide: bool = False,
+                      world: int = 1) -> Callable[[str], Any]:
+    """model dir -> q's trainer, as the run's layout and engines say (`job_wide`: one Megatron
+    trainer over all `world` ranks of the torchrun job)."""
+    kind = layout.trainer_kind(engines.backend)
+    # Megatron: micro-batches of at most 4 rows and an optimizer step of 4 of them
+    mbs = cfg.micro_batch if kind == "torch" else min(cfg.micro_batch, 4)
+    return policy_trainer_factory(layout, backend=engines.backend, lr=cfg.lr, clip_eps=cfg.clip_eps,
+                                  kl_coef=cfg.kl_coef, micro_batch=mbs, rows=4 * mbs, seq_length=cfg.max_rl_tokens,
+                                  seed=cfg.seed, threads=engines.threads, job_wide=job_wide, world=world)

@@ -20,12 +20,15 @@ from pathlib import Path
 
 from ra3_megatron.errors import ConfigError
 
+MSTEP_PATHS = ("model", "data", "out")
+
 
 @dataclass(kw_only=True)
 class MStepConfig:
-    model: str  # HF checkpoint dir, or a run dir / checkpoint dir of an earlier mstep run
-    data: str  # dataset prefix written by `ra3 prepare` (PREFIX.bin/.idx + PREFIX_classes.*)
-    out: str  # run dir
+    # The three paths (MSTEP_PATHS) are filled per round by the EM loop; `ra3 mstep` requires them.
+    model: str = ""  # HF checkpoint dir, or a run dir / checkpoint dir of an earlier mstep run
+    data: str = ""  # dataset prefix written by `ra3 prepare` (PREFIX.bin/.idx + PREFIX_classes.*)
+    out: str = ""  # run dir
     tokenizer: str | None = None  # default: the model's tokenizer
     tp: int = 1
     pp: int = 1
@@ -59,10 +62,34 @@ class MStepConfig:
     export_hf: bool = True  # write RUN_DIR/hf at the end
 
     def validate(self) -> None:
+        missing = [f"--{name}" for name in MSTEP_PATHS if not getattr(self, name)]
+        if missing:
+            raise ConfigError(f"the M-step needs {', '.join(missing)}")
         if self.steps < 1 or self.micro_batch_size < 1 or self.global_batch_size < 1 or self.seq_length < 2:
             raise ConfigError("steps, micro_batch_size, global_batch_size must be >= 1 and seq_length >= 2")
         if self.latent_weight < 0:
             raise ConfigError(f"latent_weight must be >= 0, got {self.latent_weight}")
+
+
+def save_mstep_config(cfg: MStepConfig, path: Path) -> Path:
+    """The JSON file `ra3 mstep --config` reads (how a launcher hands a subprocess its config)."""
+    from ra3_megatron.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(asdict(cfg), indent=1) + "\n")
+    return path
+
+
+def load_mstep_config(path: str | Path) -> MStepConfig:
+    from ra3_megatron.errors import InputError
+
+    try:
+        return MStepConfig(**json.loads(Path(path).read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise InputError(path, f"cannot read the M-step config: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not JSON: {exc.msg}", line=exc.lineno) from None
+    except TypeError as exc:  # not an object, or an unknown field
+        raise InputError(path, f"not an MStepConfig: {exc}") from None
 
 
 def _engine_config(cfg: MStepConfig):

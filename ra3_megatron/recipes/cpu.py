@@ -11,7 +11,9 @@ from pathlib import Path
 
 from ra3_megatron.em.loop import EMConfig
 from ra3_megatron.estep.config import EStepConfig
+from ra3_megatron.megatron.trainer import MStepConfig
 from ra3_megatron.recipes.registry import RA3Recipe
+from ra3_megatron.rollout.settings import EngineSettings
 
 
 def stdlib_corpus(name: str = "json") -> str:
@@ -30,11 +32,12 @@ def tiny_cpu(*, run_dir: str = "runs/tiny_cpu", corpus: str = "json") -> RA3Reci
     """
     estep = EStepConfig(penalty=0.05, samples=4, horizon=4, rl_steps=2, rl_snippets=4, lr=1e-4,
                         max_snippet_tokens=512, batch_snippets=8, micro_batch=16, seed=0)
-    mstep = ["steps=20", "micro_batch_size=2", "global_batch_size=4", "seq_length=256", "lr=1e-3",
-             "warmup_steps=2", "log_interval=5", "split=100,0,0"]
+    mstep = MStepConfig(steps=20, micro_batch_size=2, global_batch_size=4, seq_length=256, lr=1e-3,
+                        warmup_steps=2, log_interval=5, split="100,0,0")
     em = EMConfig(model="tiny-warm", input=stdlib_corpus(corpus), run_dir=run_dir, iterations=2,
-                  mstep_args=mstep, estep=estep)
-    return RA3Recipe(em=em, backend="hf", trainer="auto", threads=2, description=tiny_cpu.__doc__.splitlines()[0])
+                  mstep=mstep, estep=estep)
+    return RA3Recipe(em=em, engines=EngineSettings(backend="hf", threads=2),
+                     description=tiny_cpu.__doc__.splitlines()[0])
 
 
 def smollm2_135m_cpu(*, run_dir: str = "runs/smollm2_135m_cpu", corpus: str = "json") -> RA3Recipe:
@@ -45,9 +48,9 @@ def smollm2_135m_cpu(*, run_dir: str = "runs/smollm2_135m_cpu", corpus: str = "j
     """
     estep = EStepConfig(penalty=0.05, samples=4, horizon=4, rl_steps=1, rl_snippets=4, lr=1e-6,
                         position_fraction=0.25, max_snippet_tokens=512, batch_snippets=8, seed=0)
-    mstep = ["steps=10", "micro_batch_size=1", "global_batch_size=4", "seq_length=256", "lr=1e-5",
-             "warmup_steps=1", "log_interval=1", "split=100,0,0"]
+    mstep = MStepConfig(steps=10, micro_batch_size=1, global_batch_size=4, seq_length=256, lr=1e-5,
+                        warmup_steps=1, log_interval=1, split="100,0,0")
     em = EMConfig(model="smollm2", input=stdlib_corpus(corpus), run_dir=run_dir, iterations=1,
-                  mstep_args=mstep, estep=estep)
-    return RA3Recipe(em=em, backend="hf", trainer="auto", threads=2,
+                  mstep=mstep, estep=estep)
+    return RA3Recipe(em=em, engines=EngineSettings(backend="hf", threads=2),
                      description=smollm2_135m_cpu.__doc__.splitlines()[0])

@@ -4,7 +4,7 @@
 snippets in any form `ra3 prepare` reads. The paper mid-trains on 3.5M snippets (~1B tokens).
 Each recipe runs as one torchrun job of 8 ranks (`recipes/ra3_llama8b.sh`, or `torchrun
 --nproc-per-node 8 -m ra3_megatron.cli.main demo --recipe NAME`): every rank holds two vLLM engines
-(pi scores, q samples) and its shard of q's Megatron trainer (TP = `rl_tp`, DP = the rest, Adam
+(pi scores, q samples) and its shard of q's Megatron trainer (TP = `rl.tp`, DP = the rest, Adam
 sharded over DP); q's RL steps and each M-step (Transformer Engine, bf16; FP8 on the 8B recipe)
 run over all 8 GPUs, the engines asleep meanwhile. `ra3 plan --recipe NAME` shows the memory.
 """
@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from ra3_megatron.em.loop import EMConfig
 from ra3_megatron.estep.config import EStepConfig
+from ra3_megatron.megatron.trainer import MStepConfig
 from ra3_megatron.recipes.registry import RA3Recipe
+from ra3_megatron.rl.layout import RLLayout
+from ra3_megatron.rollout.settings import EngineSettings
 
 
 def _gpu_recipe(*, model: str, input: str, run_dir: str, tp: int, pp: int, mbs: int, gbs: int, seq: int,
@@ -21,19 +24,17 @@ def _gpu_recipe(*, model: str, input: str, run_dir: str, tp: int, pp: int, mbs: 
                 engine_memory_fraction: float | None = None) -> RA3Recipe:
     estep = EStepConfig(penalty=0.05, samples=4, horizon=4, rl_steps=4, rl_snippets=64, lr=1e-6,
                         max_snippet_tokens=2048, batch_snippets=256, micro_batch=8, shard_size=5000)
-    mstep = [f"tp={tp}", f"pp={pp}", f"micro_batch_size={mbs}", f"global_batch_size={gbs}",
-             f"seq_length={seq}", f"lr={lr}", f"min_lr={lr / 10}", "warmup_steps=100", f"steps={steps}",
-             "bf16=true", "transformer_impl=transformer_engine", "distributed_optimizer=true",
-             "save_interval=500", "log_interval=10", "eval_interval=500", "eval_batches=10", "split=99,1,0"]
-    if fp8:
-        # Current (per-tensor) scaling, as in Megatron-Bridge's H100 FP8 performance recipes
-        # (`bf16_with_fp8_current_scaling_mixed`): no amax history to keep in step across ranks.
-        mstep += [f"fp8={fp8}", "fp8_recipe=tensorwise"]
-    if tp > 1:
-        mstep.append("sequence_parallel=true")
-    em = EMConfig(model=model, input=input, run_dir=run_dir, iterations=2, mstep_args=mstep, estep=estep)
-    return RA3Recipe(em=em, backend="vllm", trainer="megatron", ranks=8, rl_tp=rl_tp,
-                     engine_memory_fraction=engine_memory_fraction, description=description)
+    mstep = MStepConfig(tp=tp, pp=pp, micro_batch_size=mbs, global_batch_size=gbs, seq_length=seq, lr=lr,
+                        min_lr=lr / 10, warmup_steps=100, steps=steps, bf16=True,
+                        transformer_impl="transformer_engine", distributed_optimizer=True, save_interval=500,
+                        log_interval=10, eval_interval=500, eval_batches=10, split="99,1,0",
+                        # Current (per-tensor) scaling, as in Megatron-Bridge's H100 FP8 performance
+                        # recipes (`bf16_with_fp8_current_scaling_mixed`): no amax history to keep in
+                        # step across ranks.
+                        fp8=fp8, fp8_recipe="tensorwise" if fp8 else "delayed", sequence_parallel=tp > 1)
+    em = EMConfig(model=model, input=input, run_dir=run_dir, iterations=2, mstep=mstep, estep=estep)
+    return RA3Recipe(em=em, engines=EngineSettings(backend="vllm", memory_fraction=engine_memory_fraction),
+                     rl=RLLayout(trainer="megatron", tp=rl_tp), ranks=8, description=description)
 
 
 def llama32_1b_8gpu_h100_bf16(*, model: str = "checkpoints/Llama-3.2-1B", input: str = "data/python_snippets",

@@ -21,7 +21,7 @@ Figures are GiB (the "80 GB" of an H100 is 80 GiB). FP8 through Transformer Engi
 weights beside its FP8 copies, so these bf16 estimates are a floor for FP8 recipes.
 
 The phases follow the runtime: the M-step at the recipe's TP/PP/DP; q's RL trainer and GRPO's over
-all the job's GPUs at the recipe's `rl_tp` x `rl_pp` (DP the rest, Adam sharded over DP; one rank,
+all the job's GPUs at the recipe's `rl.tp` x `rl.pp` (DP the rest, Adam sharded over DP; one rank,
 full Adam state, when the recipe runs as one process), beside their engines on every GPU (two for
 the E-step: pi and q; one for GRPO, at the recipe's `rollout_tp`), which sleep during the update.
 """
@@ -179,11 +179,9 @@ def engine_parts(shape: Shape, *, engines: int, gpu_gb: float, used_gb: float, r
             "_short": short}
 
 
-def plan_recipe(recipe, *, gpus: int, gpu_gb: float, mstep: dict[str, Any]) -> tuple[list[Phase], Shape]:
+def plan_recipe(recipe, *, gpus: int, gpu_gb: float) -> tuple[list[Phase], Shape]:
     """The per-phase memory table of an EM recipe at `gpus` GPUs of `gpu_gb` GB."""
-    from ra3_megatron.megatron.trainer import MStepConfig
-
-    values = {f.name: f.default for f in dataclasses.fields(MStepConfig)} | mstep
+    values = dataclasses.asdict(recipe.em.mstep)
     shape = model_shape(model_config(recipe.em.model))
     tp, pp = int(values["tp"]), int(values["pp"])
     note = ""
@@ -197,11 +195,11 @@ def plan_recipe(recipe, *, gpus: int, gpu_gb: float, mstep: dict[str, Any]) -> t
         sequence_parallel=bool(values["sequence_parallel"]) and tp > 1), note=note)]
     estep = recipe.em.estep
     rl_layout, rl_note = rl_trainer_layout(recipe, gpus)
-    rollout_tp = max(1, int(getattr(recipe, "rollout_tp", 1)))
+    rollout_tp = recipe.engines.rollout_tp
     rl = trainer_parts(shape, rl_layout, seq=estep.max_rl_tokens, micro_batch=min(estep.micro_batch, 4),
                        sequence_parallel=rl_layout.tp > 1)
     held = resident(rl)
-    fraction = getattr(recipe, "engine_memory_fraction", None)
+    fraction = recipe.engines.memory_fraction
     eng = engine_parts(shape, engines=2, gpu_gb=gpu_gb, used_gb=sum(held.values()) + OVERHEAD_GB,
                        rollout_tp=rollout_tp, fraction=fraction)
     phases.append(Phase("E-step rollouts (pi, q)", f"q's trainer {rl_layout} + 2 vLLM engines (TP={rollout_tp})",
@@ -225,13 +223,13 @@ def plan_recipe(recipe, *, gpus: int, gpu_gb: float, mstep: dict[str, Any]) -> t
 
 
 def rl_trainer_layout(recipe, gpus: int) -> tuple[Layout, str]:
-    """The RL trainers' layout: over the job's GPUs at the recipe's rl_tp x rl_pp (distributed
+    """The RL trainers' layout: over the job's GPUs at the recipe's rl.tp x rl.pp (distributed
     optimizer) when the recipe runs as a job, else one rank."""
     if int(getattr(recipe, "ranks", 1)) <= 1:
         return Layout(1, 1, 1, False), ""
-    tp, pp = int(recipe.rl_tp), int(recipe.rl_pp)
+    tp, pp = recipe.rl.tp, recipe.rl.pp
     if gpus % (tp * pp):
-        return Layout(1, 1, gpus, True), f"rl_tp x rl_pp = {tp * pp} needs a multiple of {tp * pp} GPUs"
+        return Layout(1, 1, gpus, True), f"rl.tp x rl.pp = {tp * pp} needs a multiple of {tp * pp} GPUs"
     return Layout(tp, pp, gpus // (tp * pp), True), ""
 
 

@@ -8,29 +8,26 @@ from dataclasses import dataclass, field
 
 from ra3_megatron.em.loop import EMConfig
 from ra3_megatron.errors import ConfigError
+from ra3_megatron.rl.layout import RLLayout
+from ra3_megatron.rollout.settings import EngineSettings
 
 
 @dataclass(kw_only=True)
 class RA3Recipe:
-    """An RA3 run: the EM loop plus the engines that run it."""
+    """An RA3 run: the EM loop plus the engines and trainers that run it."""
 
     em: EMConfig
-    backend: str = "hf"  # rollout engine for E-step sampling/scoring: vllm | hf | fake
-    trainer: str = "auto"  # RL trainer of the E-step: megatron | torch | auto
-    threads: int | None = None  # torch threads in the driver process
+    # Rollout engines for E-step sampling/scoring. On GPUs each rank serves pi (the fixed scorer)
+    # and q (the sampler RL trains) with two vLLM engines of `engines.rollout_tp`; q's weights reach
+    # its engine in memory after every RL step. `engines.memory_fraction`: the share of the GPU each
+    # engine takes at start (vLLM's gpu_memory_utilization: weights plus KV cache); set it when two
+    # large engines must share what the trainer leaves.
+    engines: EngineSettings = field(default_factory=EngineSettings)
+    # q's RL trainer (and GRPO's) over the job: tensor / pipeline parallel sizes; DP is the rest.
+    rl: RLLayout = field(default_factory=RLLayout)
     # The torchrun job the recipe runs as (`torchrun --nproc-per-node RANKS ... demo --recipe NAME`):
     # every EM phase over its ranks. 1: one process (the M-step may still launch em.nproc ranks).
     ranks: int = 1
-    # q's RL trainer (and GRPO's) over the job: tensor / pipeline parallel sizes; DP is the rest.
-    rl_tp: int = 1
-    rl_pp: int = 1
-    # Each rank serves pi (the fixed scorer) and q (the sampler RL trains) with two vLLM engines of
-    # this tensor-parallel size; q's weights reach its engine in memory after every RL step.
-    rollout_tp: int = 1
-    # GPU memory each engine takes at start, as a fraction of the GPU (vLLM's gpu_memory_utilization:
-    # its weights plus its KV cache). None: 45% of what is free when it starts (pi's engine then
-    # gets more than q's); set it when two large engines must share what the trainer leaves.
-    engine_memory_fraction: float | None = None
     description: str = ""
     notes: list[str] = field(default_factory=list)
 

@@ -28,8 +28,8 @@ def _argv(model, corpus: Path, run_dir: Path) -> list[str]:
             "-m", "ra3_megatron.cli.main", "em", "--model", str(model), "--input", str(corpus),
             "--run-dir", str(run_dir), "--iterations", "2", "--backend", "vllm", "--rl-steps", "1",
             "--rl-snippets", "4", "--samples", "2", "--horizon", "2", "--max-latent-tokens", "12", "--threads", "1",
-            "--no-progress", "--prepare-arg=--no-progress", "--mstep-arg=steps=2", "--mstep-arg=micro_batch_size=1",
-            "--mstep-arg=global_batch_size=2", "--mstep-arg=seq_length=64"]
+            "--no-progress", "--mstep.steps=2", "--mstep.micro-batch-size=1",
+            "--mstep.global-batch-size=2", "--mstep.seq-length=64"]
 
 
 def _corpus(root: Path) -> Path:

@@ -18,15 +18,15 @@ pytestmark = pytest.mark.integration
 FAIL_ONCE = "RA3_TEST_COMPARE_FAIL_ONCE"
 
 
-def flaky_mstep(**kwargs):
+def flaky_mstep(cfg, **kwargs):
     """The in-process M-step, failing once for the null arm when asked to."""
     from ra3_megatron.em.phases import mstep_inprocess
 
     marker = os.environ.get(FAIL_ONCE)
-    if marker and "null" in str(kwargs["out_dir"]) and not Path(marker).exists():
+    if marker and "null" in cfg.out and not Path(marker).exists():
         Path(marker).write_text("failed once")
         raise RuntimeError("simulated crash in the null arm's M-step")
-    return mstep_inprocess(**kwargs)
+    return mstep_inprocess(cfg, **kwargs)
 
 
 def _corpus(root: Path, start: int) -> Path:
@@ -53,9 +53,9 @@ def _corpus(root: Path, start: int) -> Path:
 def _argv(model, train, heldout, out):
     return ["compare", "--model", str(model), "--input", str(train), "--heldout", str(heldout), "--out", str(out),
             "--backend", "hf", "--rl-steps", "1", "--rl-snippets", "2", "--samples", "2", "--horizon", "2",
-            "--penalty", "0.0", "--think-floor", "0.5", "--mstep", "test_compare_cli:flaky_mstep",
-            "--mstep-arg", "steps=2", "--mstep-arg", "global_batch_size=2", "--mstep-arg", "seq_length=64",
-            "--prepare-arg=--no-progress", "--pass1", "humaneval,mbpp", "--pass1-limit", "2",
+            "--penalty", "0.0", "--think-floor", "0.5", "--mstep-runner", "test_compare_cli:flaky_mstep",
+            "--mstep.steps", "2", "--mstep.global-batch-size", "2", "--mstep.seq-length", "64",
+            "--pass1", "humaneval,mbpp", "--pass1-limit", "2",
             "--pass1-max-tokens", "24", "--think-samples", "2", "--bootstrap", "200", "--no-progress"]
 
 

@@ -17,15 +17,15 @@ pytestmark = pytest.mark.integration
 FAIL_MARKER = "RA3_TEST_MSTEP_FAIL_MARKER"
 
 
-def fake_mstep(*, data, model, out_dir, nproc=1, args=(), iteration=0):
+def fake_mstep(cfg, *, nproc=1, iteration=0):
     """Copy the model as the 'trained' one and write a metrics line; fails once when asked to."""
     marker = os.environ.get(FAIL_MARKER)
     if marker and not Path(marker).exists():
         Path(marker).write_text("failed once")
         raise RuntimeError("simulated M-step crash")
-    assert Path(f"{data}.bin").is_file() and Path(f"{data}.idx").is_file()
-    out = Path(out_dir)
-    shutil.copytree(model, out / "hf")
+    assert Path(f"{cfg.data}.bin").is_file() and Path(f"{cfg.data}.idx").is_file()
+    out = Path(cfg.out)
+    shutil.copytree(cfg.model, out / "hf")
     (out / "metrics.jsonl").write_text(
         json.dumps({"step": 1, "lm_loss": 1.5 / iteration, "code_ce": 1.4}) + "\n"
     )
@@ -69,9 +69,8 @@ def test_em_runs_two_rounds_and_resumes_after_a_crash(tiny_model_dir, tmp_path, 
         "0.0",
         "--max-latent-tokens",
         "10",
-        "--mstep",
+        "--mstep-runner",
         "test_em_driver:fake_mstep",
-        "--prepare-arg=--no-progress",
         "--no-progress",
     ]
     with pytest.raises(RuntimeError, match="simulated M-step crash"):
@@ -137,11 +136,10 @@ def test_em_round_with_the_real_mstep(tiny_model_dir, tmp_path):
         "--max-latent-tokens",
         "10",
         "--no-progress",
-        "--prepare-arg=--no-progress",
-        "--mstep-arg=steps=2",
-        "--mstep-arg=micro_batch_size=1",
-        "--mstep-arg=global_batch_size=2",
-        "--mstep-arg=seq_length=64",
+        "--mstep.steps=2",
+        "--mstep.micro-batch-size=1",
+        "--mstep.global-batch-size=2",
+        "--mstep.seq-length=64",
     ]
     assert main(argv) == 0
     state = json.loads((run_dir / "state.json").read_text())
@@ -162,7 +160,7 @@ def test_later_rounds_reuse_the_engines_with_new_weights(tiny_model_dir, tmp_pat
         return ["em", "--model", str(tiny_model_dir), "--input", str(corpus), "--run-dir", str(run_dir),
                 "--iterations", "2", "--backend", "fake", "--rl-steps", "0", "--samples", "2", "--horizon", "2",
                 "--decision", "force", "--penalty", "0.0", "--max-latent-tokens", "10",
-                "--mstep", "test_em_driver:fake_mstep", "--prepare-arg=--no-progress", "--no-progress"]
+                "--mstep-runner", "test_em_driver:fake_mstep", "--no-progress"]
 
     assert main(argv(tmp_path / "pooled")) == 0
     state = json.loads((tmp_path / "pooled" / "state.json").read_text())

@@ -50,8 +50,8 @@ def test_the_8b_recipe_is_refused_on_one_gpu_and_with_engines_too_large(capsys):
     # On one rank (as the RL trainer ran before it spanned the job) q with Adam needs ~160 GiB.
     assert main(["plan", "--recipe", "llama31_8b_8gpu_h100_fp8", "ranks=1", "--gpus", "8"]) == 1
     out = capsys.readouterr().out
-    assert "E-step q's RL update does not fit: needs" in out and "rl_tp=" in out
-    assert main(["plan", "--recipe", "llama31_8b_8gpu_h100_fp8", "engine_memory_fraction=0.4"]) == 1
+    assert "E-step q's RL update does not fit: needs" in out and "rl.tp=" in out
+    assert main(["plan", "--recipe", "llama31_8b_8gpu_h100_fp8", "engines.memory_fraction=0.4"]) == 1
     assert "asks for" in capsys.readouterr().out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -14,26 +14,41 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize("name", recipe_names())
-def test_recipe_builds_with_valid_fields(name):
+def test_recipe_builds_with_typed_phase_configs(name):
+    from ra3_megatron.data.prepare import PrepareConfig
     from ra3_megatron.megatron.trainer import MStepConfig
 
     recipe = get_recipe(name)()
     assert isinstance(recipe, RA3Recipe)
-    assert recipe.backend in ("vllm", "hf", "fake")
-    fields = {f.name for f in dataclasses.fields(MStepConfig)}
-    for arg in recipe.em.mstep_args:
-        key = arg.partition("=")[0]
-        assert key in fields, f"{name}: mstep arg {arg!r} is not an MStepConfig field"
+    assert recipe.engines.backend in ("vllm", "hf", "fake")
+    assert isinstance(recipe.em.mstep, MStepConfig) and isinstance(recipe.em.prepare, PrepareConfig)
+    assert recipe.em.mstep.model == "" and recipe.em.prepare.input == ""  # set by the EM loop each round
     assert recipe.em.iterations >= 1
 
 
 def test_overrides_reach_nested_fields():
-    recipe = load_recipe("llama31_8b_8gpu_h100_fp8", ["em.estep.penalty=0.2", "em.iterations=3", "backend=hf",
-                                                      "em.mstep_args+=steps=5"])
+    recipe = load_recipe("llama31_8b_8gpu_h100_fp8", ["em.estep.penalty=0.2", "em.iterations=3",
+                                                      "engines.backend=hf", "em.mstep.steps=5", "rl.tp=2",
+                                                      "em.prepare.exclude+=tests"])
     assert recipe.em.estep.penalty == 0.2
     assert recipe.em.iterations == 3
-    assert recipe.backend == "hf"
-    assert recipe.em.mstep_args[-1] == "steps=5"
+    assert recipe.engines.backend == "hf"
+    assert recipe.em.mstep.steps == 5 and recipe.em.mstep.tp == 2  # the recipe's other M-step fields stay
+    assert recipe.rl.tp == 2
+    assert recipe.em.prepare.exclude == ("tests",)
+
+
+def test_a_round_fills_the_phase_paths_and_keeps_the_rest():
+    from ra3_megatron.em.loop import EMConfig
+    from ra3_megatron.megatron.trainer import MStepConfig
+
+    em = EMConfig(model="m", input="i", run_dir="r", mstep=MStepConfig(steps=7))
+    m = em.mstep_round(data="d/train", model="pi", out_dir=Path("r/iter_1/mstep"))
+    assert (m.model, m.data, m.out, m.steps) == ("pi", "d/train", "r/iter_1/mstep", 7)
+    p = em.prepare_round(estep_dir=Path("e"), out_dir=Path("o"), tokenizer="pi")
+    assert (p.input, p.output, p.tokenizer) == ("e", "o/train", "pi")
+    with pytest.raises(ConfigError, match="mstep.model is set by the EM loop"):
+        EMConfig(model="m", input="i", run_dir="r", mstep=MStepConfig(model="x"))
 
 
 @pytest.mark.parametrize(
@@ -59,7 +74,7 @@ def test_a_gpu_recipe_runs_only_as_its_torchrun_job():
     from ra3_megatron.recipes.run import check_launch
 
     big, tiny = load_recipe("llama31_8b_8gpu_h100_fp8"), load_recipe("tiny_cpu")
-    assert (big.ranks, big.rl_tp, big.em.nproc) == (8, 4, 1)  # the M-step runs in the job, not a nested launch
+    assert (big.ranks, big.rl.tp, big.em.nproc) == (8, 4, 1)  # the M-step runs in the job, not a nested launch
     check_launch(big, 8)
     check_launch(tiny, 1)
     with pytest.raises(ConfigError, match="torchrun --nproc-per-node 8"):
