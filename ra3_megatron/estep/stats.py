@@ -123,11 +123,12 @@ def render_report(stats: dict[str, Any]) -> str:
     lines += ["", "## RL steps on q", ""]
     steps = stats.get("rl", [])
     if steps:
-        keys = [k for k in (*_REPORT_KEYS, "loss", "kl") if k in steps[0]]
+        # A step whose searches sampled no thought trains nothing: it has no loss (shown as "-").
+        keys = [k for k in (*_REPORT_KEYS, "loss", "kl") if any(k in s for s in steps)]
         lines.append("| step | " + " | ".join(keys) + " |")
         lines.append("|---" * (len(keys) + 1) + "|")
         for s in steps:
-            lines.append(f"| {s['step']} | " + " | ".join(f"{s[k]:.4g}" for k in keys) + " |")
+            lines.append(f"| {s['step']} | " + " | ".join(f"{s[k]:.4g}" if k in s else "-" for k in keys) + " |")
     else:
         lines.append("(no RL steps)")
     total = stats.get("infusion", {})
