@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sandbox-mode", choices=("auto", "bwrap", "weak"), default="auto")
     parser.add_argument("--sandbox-workers", type=int, default=None, help="parallel sandboxes (default: CPU count)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in this process")
-    parser.add_argument("--enforce-eager", action="store_true", help="vLLM: no CUDA graphs / torch.compile")
+    parser.add_argument("--enforce-eager", action="store_true", help="vLLM on GPUs: no CUDA graphs / torch.compile (always eager on CPU)")
     parser.add_argument("--no-progress", action="store_true")
     add_rl_job_arguments(parser)
     add_config_arguments(parser)
@@ -76,7 +76,8 @@ def make_engine(backend: str, model_dir: str, threads: int | None = None, eager:
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     # the model's own context, not vLLM's default (which a small model's config may not allow)
     context = int(config.get("max_position_embeddings") or 4096)
-    return create_engine("vllm", model=str(model_dir), max_model_len=context, threads=threads, enforce_eager=eager)
+    return create_engine("vllm", model=str(model_dir), max_model_len=context, threads=threads,
+                         enforce_eager=True if eager else None)  # None: eager on CPU, compiled on GPUs
 
 
 def make_trainer(layout: RLLayout, backend: str, model_dir: str, cfg: GRPOConfig, threads: int | None = None, *,

@@ -5,10 +5,10 @@ sequence, so all the think/act decisions of a snippet can be read from ONE forwa
 (and one more after each inserted thought), instead of one pass over a growing prefix per line.
 A probe is (ids, positions, tokens): the log-prob of tokens[i] right after ids[:positions[i]].
 
-Engines that declare `capabilities.probe_in_one_pass` answer probes with
-`token_logprobs_at(ids, positions, tokens)` (one pass over the sequence); the others with
-`score_groups`, one group per position (exact, but a pass over each prefix: cheap where a prefix
-cache serves the shared part, like vLLM's, and on the fake engine).
+Engines that declare `capabilities.probe_in_one_pass` answer probes with `probe_many` (one pass
+over each sequence: the transformers backend from its logits, vLLM from its prompt log-probs'
+top-k); the others with `score_groups`, one group per position (exact, but a pass over each
+prefix: cheap on the fake engine).
 `chain_logprobs` is the same idea under pi: the log-probs of the code itself along the snippet,
 which are the `<act>` option's horizon scores for every position until a thought is inserted
 (`sequence_logprobs(ids, start)` where `capabilities.chain_in_one_pass`).
@@ -24,7 +24,7 @@ from ra3_megatron.rollout.base import ScoreGroup, ScoreOption
 def probe_logprobs(engine, probes: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]]) -> list[list[float]]:
     """One list of log-probs per probe, in order."""
     if engine.capabilities.probe_in_one_pass:
-        return [list(engine.token_logprobs_at(ids, pos, tok)) for ids, pos, tok in probes]
+        return engine.probe_many(probes)
     groups, shape = [], []
     for ids, positions, tokens in probes:
         shape.append(len(positions))

