@@ -16,6 +16,8 @@ q's "#" probability is that of a model that has seen Python comments.
     python tools/bench_em_cost.py                                  # tiny model, c = 0.01, 0.05, 0.2
     python tools/bench_em_cost.py --model smollm2 --files 4 --pretrain-steps 0
     python tools/bench_em_cost.py --trainer torch --backend hf --penalties 0.05
+    python tools/bench_em_cost.py --model smollm2 --backend vllm --corpus mbpp --pretrain-steps 0 \\
+        --penalties 0.05 --threads 2                             # wall clock, engine start included
 """
 
 from __future__ import annotations
@@ -64,6 +66,24 @@ def copy_slice(packages, out: Path, max_files: int) -> Path:
     return out
 
 
+def mbpp_corpus(out: Path, limit: int | None = None) -> Path:
+    """MBPP's train-split reference solutions of 4+ lines (the package's copy), one file each."""
+    from ra3_megatron.eval import benchmarks
+
+    path = Path(benchmarks.__file__).parent / "data" / "mbpp" / "mbpp.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    kept = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        code = rec["code"].replace("\r\n", "\n")
+        if 601 <= rec["task_id"] <= 974 and code.count("\n") >= 3:  # the train split
+            (out / f"task_{rec['task_id']}.py").write_text(code + "\n", encoding="utf-8")
+            kept += 1
+            if kept == limit:
+                break
+    return out
+
+
 def prepare(src: Path, tokenizer: str, prefix: Path, max_tokens: int) -> int:
     if not Path(f"{prefix}.summary.json").is_file():
         ra3("prepare", "--input", str(src), "--tokenizer", tokenizer, "--output", str(prefix),
@@ -89,6 +109,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny", help="tiny, smollm2, or an HF checkpoint dir")
     p.add_argument("--work", default="runs/bench_em_cost", help="work dir (cached corpus, data, pretrained model)")
+    p.add_argument("--corpus", default="stdlib", choices=("stdlib", "mbpp"),
+                   help="stdlib packages (--files of them) or MBPP's train-split solutions of 4+ lines")
     p.add_argument("--files", type=int, default=24, help="stdlib files in the benchmark corpus")
     p.add_argument("--penalties", default="0.01,0.05,0.2")
     p.add_argument("--backend", default="hf", choices=("hf", "vllm"))
@@ -136,11 +158,14 @@ def main() -> None:
             print(f"pretraining {a.model} for {a.pretrain_steps} NTP steps on {src} ...", flush=True)
             mstep(model, data, pre, a.pretrain_steps, a, lr=a.pretrain_lr)
         model = str(pre / "hf")
-    src = copy_slice(BENCH_PACKAGES, work / f"corpus_{a.files}", a.files)
-    plain = work / f"plain_{a.files}" / "train"
+    if a.corpus == "mbpp":
+        src, name = mbpp_corpus(work / "corpus_mbpp"), "mbpp"
+    else:
+        src, name = copy_slice(BENCH_PACKAGES, work / f"corpus_{a.files}", a.files), str(a.files)
+    plain = work / f"plain_{name}" / "train"
     tokens = prepare(src, model, plain, a.snippet_tokens)
     steps = epoch_steps(tokens, a)
-    print(f"corpus: {a.files} stdlib files, {tokens:,} tokens; NTP epoch = {steps} steps of "
+    print(f"corpus: {len(list(src.glob('*.py')))} {a.corpus} files, {tokens:,} tokens; NTP epoch = {steps} steps of "
           f"{a.global_batch}x{a.seq_length}", flush=True)
     ntp = [mstep(model, plain, work / "ntp_mstep", steps, a)]
     print(f"NTP epoch: {ntp[0]['seconds']:.1f} s in the loop ({ntp[0]['wall']:.1f} s wall)", flush=True)
@@ -170,10 +195,11 @@ def main() -> None:
                      "mstep_steps": m["steps"], "tokens": i_tokens, "rl_reward": [r.get("reward") for r in stats["rl"]],
                      "rl_phases": {k: round(sum(r.get(k, 0.0) for r in stats["rl"]), 2)
                                    for k in ("search_s", "logprobs_s", "update_s", "sync_s")},
-                     "infuse_parts": secs.get("infuse_parts", {})})
+                     "infuse_parts": secs.get("infuse_parts", {}), "mstep_wall": m["wall"]})
         print(json.dumps(rows[-1]), flush=True)
     ntp.append(mstep(model, plain, work / "ntp_mstep", steps, a))  # again: machine load drifts
     ntp_s = sum(n["seconds"] for n in ntp) / len(ntp)
+    ntp_wall = sum(n["wall"] for n in ntp) / len(ntp)
 
     print(f"\nmodel {a.model}; backend {a.backend}; RL trainer {a.trainer}; G={a.samples}, tau={a.horizon}, "
           f"RL steps {a.rl_steps} x {a.rl_snippets} snippets; position_fraction {a.position_fraction}; "
@@ -191,6 +217,13 @@ def main() -> None:
               f"| {r['mean_gain']:.3f} | {r['estep_s']:.1f} ({r['rl_s']:.1f}) | {r['mstep_s']:.1f} "
               f"({r['mstep_steps']}) | {ratio:.2f}x | {no_rl:.2f}x |")
     print("RL costs rl_steps x rl_snippets searches + updates whatever the corpus size: on a real corpus it vanishes.")
+    print(f"\nWall clock, start-up included (processes, engines, model loading): NTP epoch {ntp_wall:.1f} s "
+          f"(runs: {', '.join(format(n['wall'], '.1f') for n in ntp)})")
+    print("| c | E-step wall s | M-step wall s | iteration / NTP epoch (wall) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['c']} | {r['estep_wall']:.1f} | {r['mstep_wall']:.1f} | "
+              f"{(r['estep_wall'] + r['mstep_wall']) / ntp_wall:.2f}x |")
     for r in rows:
         print(f"RL phases at c = {r['c']} (s, all steps): {r['rl_phases']}")
     for r in rows:
