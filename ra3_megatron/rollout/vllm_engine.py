@@ -279,6 +279,7 @@ def _default_group_kept():
 # The open engines whose vLLM engine core runs in this process (see close()); weak, so an engine
 # collected without close() does not count.
 _LIVE_IN_PROCESS: weakref.WeakSet = weakref.WeakSet()
+_VLLM_DEFAULT_GROUP = False  # torch's default process group was created by one of them (vLLM)
 
 
 @contextlib.contextmanager
@@ -287,7 +288,9 @@ def _parallel_state_kept():
     `cleanup_dist_env_and_memory` (vllm/v1/engine/core.py, vLLM 0.32), which destroys them even
     while another in-process engine of this process still runs on them; during the block that
     name does the memory part only."""
-    import vllm.v1.engine.core as engine_core
+    import importlib
+
+    engine_core = importlib.import_module("vllm.v1.engine.core")
 
     cleanup = engine_core.cleanup_dist_env_and_memory
 
@@ -334,7 +337,9 @@ class VLLMEngine(RolloutEngineBase):
             check_engine_gpu(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count())
         if self.on_cpu and cfg.threads:
             torch.set_num_threads(cfg.threads)
-        # A default process group that exists now is the trainer's: close() must leave it alone.
+        # A default process group that exists now is the trainer's (or an earlier engine's of this
+        # process): close() must leave it alone. One that vLLM creates now goes with the last
+        # in-process engine to close.
         self._owns_default_group = not (dist.is_available() and dist.is_initialized())
         max_len = cfg.max_model_len or model_context_length(model, cap=4096)
         gpu_memory = None if self.on_cpu else torch.cuda.mem_get_info()
@@ -351,6 +356,8 @@ class VLLMEngine(RolloutEngineBase):
         self._weights_in_memory = False  # the weights came by update_weights since
         self.llm = LLM(model=self.model_path, **kwargs)
         if self.in_process:
+            global _VLLM_DEFAULT_GROUP
+            _VLLM_DEFAULT_GROUP = _VLLM_DEFAULT_GROUP or self._owns_default_group
             _LIVE_IN_PROCESS.add(self)
         self.scorer_model = None
         self.store = PrefixKVStore(512 << 20)  # for the prefix-cache scorer (kv_store)
@@ -575,9 +582,14 @@ class VLLMEngine(RolloutEngineBase):
         # outlive the engine: the other ranks still train and gather over it.
         # In-process engines of one process (pi's and q's) share vLLM's global parallel state; the
         # last one to close tears it down, an earlier one must leave it to the others.
+        global _VLLM_DEFAULT_GROUP
         _LIVE_IN_PROCESS.discard(self)
         shared = self.in_process and bool(_LIVE_IN_PROCESS)
-        with (contextlib.nullcontext() if self._owns_default_group else _default_group_kept(),
+        # The default group goes only with the last in-process engine, and only if vLLM made it.
+        owns_group = (_VLLM_DEFAULT_GROUP and not shared) if self.in_process else self._owns_default_group
+        if self.in_process and not shared:
+            _VLLM_DEFAULT_GROUP = False
+        with (contextlib.nullcontext() if owns_group else _default_group_kept(),
               _parallel_state_kept() if shared else contextlib.nullcontext()):
             self.llm = self.scorer_model = None
             gc.collect()

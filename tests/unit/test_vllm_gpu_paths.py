@@ -272,3 +272,38 @@ def test_an_in_process_engine_refuses_a_rank_that_sees_every_gpu_of_the_node():
     check_engine_gpu(3, 1)
     with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES per rank"):
         check_engine_gpu(3, 8)
+
+
+def test_pi_and_q_in_one_process_closed_in_either_order(fake_vllm, cuda_present, tiny_model_dir, tmp_path,
+                                                        monkeypatch):
+    """Two in-process engines share vLLM's parallel state and the default group vLLM made for the
+    first: whichever closes first leaves both to the other, and the last takes both down."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("an earlier in-process test left a default process group")
+    core = types.ModuleType("vllm.v1.engine.core")
+    core.cleanup_dist_env_and_memory = lambda shutdown_ray=False: fake_vllm["destroyed"].append("cleanup")
+    monkeypatch.setitem(sys.modules, "vllm.v1.engine.core", core)
+    make_llm = sys.modules["vllm"].LLM
+
+    def llm_making_the_group(model, **kw):  # as vLLM's in-process engine core does
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+        return make_llm(model, **kw)
+
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", llm_making_the_group)
+    try:
+        for order in ("pi first", "q first"):
+            pi, q = VLLMEngine(tiny_model_dir), VLLMEngine(tiny_model_dir)
+            first, last = (pi, q) if order == "pi first" else (q, pi)
+            fake_vllm["destroyed"].clear()
+            first.close()
+            assert fake_vllm["destroyed"] == [] and dist.is_initialized(), order
+            last.close()
+            assert fake_vllm["destroyed"] == ["model_parallel", "environment"], order
+            assert not dist.is_initialized(), f"{order}: vLLM's default group outlived both engines"
+            (tmp_path / "pg").unlink(missing_ok=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
