@@ -32,7 +32,7 @@ class CompareConfig:
     estep: EStepConfig = field(default_factory=EStepConfig)
     # Every arm's prepare and M-step configs (paths filled per arm; mstep.steps is the RA3 arm's,
     # the controls train on as many code tokens as it did) and their runners (see em.phases).
-    prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(progress=False))
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     mstep: MStepConfig = field(default_factory=MStepConfig)
     prepare_runner: str = "ra3"
     mstep_runner: str = "ra3"

@@ -10,6 +10,7 @@ every rank, the infusion sharded, the M-step in-process at em.mstep's tp x pp.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from ra3_megatron.rollout.settings import EngineSettings, engine_factory
 def run_em_job(cfg: EMConfig, engines: EngineSettings, layout: RLLayout, *, progress: bool = True,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run or resume the EM loop in this process or over the torchrun job it belongs to."""
+    if not progress:  # no progress bars anywhere, the prepare phase's included
+        cfg = dataclasses.replace(cfg, prepare=dataclasses.replace(cfg.prepare, progress=False))
     world = torchrun_world()
     if world > 1:
         if resolve_rl_ranks(layout, backend=engines.backend, workers=world) != "all":

@@ -29,6 +29,7 @@ the ranks meet at a barrier after each phase, so a rerun after any rank died res
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -61,7 +62,7 @@ class EMConfig:
     init: str = "previous"  # M-step initialisation: "previous" round's model or the "base" model
     estep: EStepConfig = field(default_factory=EStepConfig)
     # The other two phases' configs; the loop fills their paths (PREPARE_PATHS, MSTEP_PATHS) each round.
-    prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(progress=False))
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     mstep: MStepConfig = field(default_factory=MStepConfig)
     prepare_runner: str = "ra3"  # "ra3" or "module:function" (see em.phases)
     mstep_runner: str = "ra3"  # "ra3", "inprocess" or "module:function"
@@ -101,6 +102,8 @@ class EMState:
                 changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise ConfigError(f"{run_dir} holds an EM run with another configuration "
                                   f"({', '.join(changed)} differ); use a new {option} or the same options")
+            if writer and self.body.pop("failed", None) is not None:
+                self.save()  # a rerun: the others read state.json only after this (run_em's first barrier)
         else:
             self.body = {"version": 1, "config": identity, "completed": [], "models": {}, "data": {},
                          "seconds": {}}
@@ -108,6 +111,18 @@ class EMState:
 
     def done(self, phase: str) -> bool:
         return phase in self.body["completed"]
+
+    @contextlib.contextmanager
+    def failure_recorded(self, phase: str, others_wait: bool):
+        """A phase the first rank runs alone: if it raises, state.json says so, and the ranks
+        waiting for it (`wait_for`) stop with that error instead of waiting on."""
+        try:
+            yield
+        except BaseException as exc:
+            if others_wait:
+                self.body["failed"] = {"phase": phase, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+                self.save()
+            raise
 
     def mark(self, phase: str, seconds: float, **updates: Any) -> None:
         self.body["completed"].append(phase)
@@ -134,6 +149,9 @@ class EMState:
             if phase in body.get("completed", []):
                 self.body = body
                 return
+            failed = body.get("failed") or {}
+            if failed.get("phase") == phase:
+                raise RA3Error(f"the first rank failed in {phase}: {failed.get('error')}")
             if time.monotonic() > deadline:
                 raise RA3Error(f"the first rank did not finish {phase} within {timeout_s:.0f} s ({self.path})")
             time.sleep(poll_s)
@@ -203,7 +221,9 @@ def _run_rounds(cfg, state, run_dir, pool, make_trainer, prepare, mstep, log, pr
                 continue
             elif phase == "data":
                 shutil.rmtree(it / "data", ignore_errors=True)
-                prefix = str(prepare(cfg.prepare_round(estep_dir=it / "estep", out_dir=it / "data", tokenizer=pi)))
+                with state.failure_recorded(name, job.world > 1):
+                    prefix = str(prepare(cfg.prepare_round(estep_dir=it / "estep", out_dir=it / "data",
+                                                           tokenizer=pi)))
                 updates = {"data": {f"iter_{k}": prefix}}
             elif phase == "mstep":
                 pool.sleep_idle()
@@ -215,7 +235,8 @@ def _run_rounds(cfg, state, run_dir, pool, make_trainer, prepare, mstep, log, pr
                                                out_dir=it / "mstep"), nproc=cfg.nproc, iteration=k)
                 updates = {"models": {f"iter_{k}": str(hf_dir)}}
             else:
-                _write_reports(run_dir, state, k)
+                with state.failure_recorded(name, job.world > 1):
+                    _write_reports(run_dir, state, k)
             if phase not in MAIN_ONLY:
                 job.barrier()  # every rank finished the phase (an E-step's last shard, the M-step's export)
             state.mark(name, time.perf_counter() - t0, **updates)

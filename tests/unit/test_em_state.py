@@ -41,3 +41,15 @@ def test_another_configuration_is_refused_naming_what_differs(tmp_path):
     EMState(tmp_path, {"model": "m", "mstep": {"steps": 1}})
     with pytest.raises(ConfigError, match="mstep differ"):
         EMState(tmp_path, {"model": "m", "mstep": {"steps": 2}})
+
+
+def test_a_failure_of_the_first_rank_stops_the_waiting_ranks_and_a_rerun_clears_it(tmp_path):
+    writer = EMState(tmp_path, {"model": "m"})
+    reader = EMState(tmp_path, {"model": "m"}, writer=False)
+    with pytest.raises(ValueError, match="bad corpus"), writer.failure_recorded("iter_1/data", others_wait=True):
+        raise ValueError("bad corpus")
+    with pytest.raises(RA3Error, match="first rank failed in iter_1/data: ValueError: bad corpus"):
+        reader.wait_for("iter_1/data", timeout_s=5, poll_s=0.05)
+    EMState(tmp_path, {"model": "m"})  # the rerun's first rank
+    with pytest.raises(RA3Error, match="did not finish"):  # waits again instead of failing at once
+        EMState(tmp_path, {"model": "m"}, writer=False).wait_for("iter_1/data", timeout_s=0.2, poll_s=0.05)
