@@ -53,16 +53,16 @@ def add_config_arguments(group, cls: type, *, prefix: str, flag_prefix: str = ""
         helptext = f.metadata.get("help", "")
         helptext = f"{helptext} (required)" if f.name in required else f"{helptext} (default: {default})"
         if base is bool and not optional:
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=helptext.strip())
         elif typing.get_origin(base) in (list, tuple):
             (item,) = typing.get_args(base)[:1] or (str,)
-            group.add_argument(flag, dest=dest, action="append", type=_parser(f.name, item), default=None,
+            group.add_argument(flag, dest=dest, action="append", type=_parser(f.name, item), default=argparse.SUPPRESS,
                                metavar=getattr(item, "__name__", "X").upper(),
                                help=f"{helptext.strip()}; repeatable")
         else:
             choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
-            group.add_argument(flag, dest=dest, type=_parser(f.name, annotation), choices=choices, default=None,
+            group.add_argument(flag, dest=dest, type=_parser(f.name, annotation), choices=choices, default=argparse.SUPPRESS,
                                metavar=None if choices else getattr(base, "__name__", "X").upper(),
                                help=helptext.strip())
 
@@ -72,9 +72,10 @@ def config_values(args: argparse.Namespace, cls: type, *, prefix: str) -> dict[s
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
-        value = getattr(args, f"{prefix}_{f.name}", None)
-        if value is None:
+        dest = f"{prefix}_{f.name}"
+        if not hasattr(args, dest):  # not given (flags default to SUPPRESS, so `--x none` is a value)
             continue
+        value = getattr(args, dest)
         if typing.get_origin(unwrap_optional(hints[f.name])[0]) is tuple:
             value = tuple(value)
         values[f.name] = value

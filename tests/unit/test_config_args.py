@@ -58,6 +58,13 @@ def test_a_flag_prefix_and_skipped_fields():
     assert "--ex.name" not in parser.format_help() and "a tag" in parser.format_help()
 
 
+def test_none_given_on_the_command_line_replaces_a_base_value():
+    _, args = _parse(["--rate", "none"])
+    assert config_from_args(args, Example, prefix="ex", base=Example(rate=0.5)).rate is None
+    _, args = _parse([])
+    assert config_from_args(args, Example, prefix="ex", base=Example(rate=0.5)).rate == 0.5
+
+
 def test_mstep_reads_a_config_file_then_flags_then_overrides(tmp_path):
     from ra3_megatron.cli.main import build_parser
     from ra3_megatron.cli.mstep import config_from_args as mstep_config
@@ -67,6 +74,9 @@ def test_mstep_reads_a_config_file_then_flags_then_overrides(tmp_path):
     argv = ["mstep", "--config", str(path), "--tp", "1", "lr=0.5"]
     cfg = mstep_config(build_parser(argv).parse_args(argv))
     assert (cfg.model, cfg.steps, cfg.tp, cfg.lr) == ("m", 7, 1, 0.5)
+    path = save_mstep_config(MStepConfig(model="m", data="d", out="o", fp8="hybrid"), tmp_path / "c.json")
+    argv = ["mstep", "--config", str(path), "--fp8", "none"]
+    assert mstep_config(build_parser(argv).parse_args(argv)).fp8 is None
 
     (tmp_path / "bad.json").write_text(json.dumps({"model": "m", "nosuch": 1}))
     argv = ["mstep", "--config", str(tmp_path / "bad.json")]
