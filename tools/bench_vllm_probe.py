@@ -2,7 +2,7 @@
 
 The decision probes (log q("#") before each candidate line) either come from one pass per
 sequence, the top-k of vLLM's prompt log-probs with a scoring group only for a token outside
-them (`probe_top_k=20`, the default), or from one scoring group per probe (`probe_top_k=0`, the
+them (`probe_top_k=64`, the default), or from one scoring group per probe (`probe_top_k=0`, the
 path vLLM had before). Both runs do the same infusion (RL off, so pi = q) over the same snippets
 in one process, one engine each, and must write the same records. Prints the infusion's split
 by part side by side, and how many probes needed the scoring group.
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 
-def run(model: str, corpus: Path, out: Path, top_k: int, threads: int, eager: bool) -> dict:
+def run(model: str, corpus: Path, out: Path, top_k: int, threads: int, compiled: bool) -> dict:
     from ra3_megatron.estep.config import EStepConfig
     from ra3_megatron.estep.run import EStepRun, run_estep
     from ra3_megatron.rollout.base import create_engine
@@ -29,7 +29,7 @@ def run(model: str, corpus: Path, out: Path, top_k: int, threads: int, eager: bo
 
     def make_engine(model_dir: str):
         t0 = time.perf_counter()
-        engine = create_engine("vllm", model=model_dir, probe_top_k=top_k, threads=threads, enforce_eager=eager)
+        engine = create_engine("vllm", model=model_dir, probe_top_k=top_k, threads=threads, enforce_eager=not compiled)
         engine.start_seconds = time.perf_counter() - t0
         engines.append(engine)
         return engine
@@ -55,8 +55,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2", help="smollm2 | tiny | an HF dir")
     ap.add_argument("--snippets", type=int, default=60, help="MBPP train solutions of 4+ lines")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--top-k", type=int, default=20)
-    ap.add_argument("--eager", action="store_true", help="both engines without torch.compile")
+    ap.add_argument("--top-k", type=int, default=64)
+    ap.add_argument("--compiled", action="store_true", help="both engines with torch.compile (default on CPU: eager)")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     from bench_em_cost import mbpp_corpus  # this script's folder is on sys.path
@@ -66,14 +66,14 @@ def main() -> None:
     model = resolve_model(a.model)
     from ra3_megatron.rollout.base import create_engine
 
-    create_engine("vllm", model=model, threads=a.threads, enforce_eager=a.eager).close()  # compile caches warm for both runs
+    create_engine("vllm", model=model, threads=a.threads, enforce_eager=not a.compiled).close()  # compile caches warm for both runs
     with tempfile.TemporaryDirectory() as tmp:
         corpus = mbpp_corpus(Path(tmp) / "src", a.snippets)
-        groups = run(model, corpus, Path(tmp) / "groups", 0, a.threads, a.eager)
-        fast = run(model, corpus, Path(tmp) / "fast", a.top_k, a.threads, a.eager)
+        groups = run(model, corpus, Path(tmp) / "groups", 0, a.threads, a.compiled)
+        fast = run(model, corpus, Path(tmp) / "fast", a.top_k, a.threads, a.compiled)
     parts = sorted(set(fast["parts"]) | set(groups["parts"]))
     print(f"\nE-step infusion on vLLM, {Path(model).name}, {a.snippets} MBPP train solutions, RL off, "
-          f"{a.threads} threads, {'eager' if a.eager else 'compiled'} (seconds)")
+          f"{a.threads} threads, {'compiled' if a.compiled else 'eager'} (seconds)")
     print(f"| part | one scoring group per probe | top-{a.top_k} prompt log-probs |")
     print("|---|---|---|")
     for key in ["engine_start", *parts, "infuse", "wall"]:

@@ -201,9 +201,10 @@ def test_probe_and_chain_equal_the_hf_reference(engine, tiny_model_dir):
     try:
         assert hf.capabilities.probe_in_one_pass and engine.capabilities.probe_in_one_pass
         read, fallbacks = engine.probes_read, engine.probe_fallbacks
-        got = probe_logprobs(engine, probes)
+        probed = probe_logprobs(engine, probes)
         assert engine.probes_read - read == 9 and 1 <= engine.probe_fallbacks - fallbacks < 9  # both ways
-        for got, want in ((got, probe_logprobs(hf, probes)), (chain_logprobs(engine, chains), chain_logprobs(hf, chains))):
+        for got, want in ((probed, probe_logprobs(hf, probes)),
+                          (chain_logprobs(engine, chains), chain_logprobs(hf, chains))):
             assert [len(x) for x in got] == [len(x) for x in want]
             assert max(abs(a - b) for x, y in zip(got, want) for a, b in zip(x, y)) <= 1e-3
     finally:
