@@ -85,7 +85,10 @@ def test_the_job_writes_every_snippet_once_with_merged_statistics(runs):
     assert sorted(r1) == sorted(r2) and len(r1) == 6
     assert r1 == r2  # same q, same draws: the same thoughts
     s1, s2 = (json.loads((d / "stats.json").read_text())["infusion"] for d in (one, job))
-    assert s1["counts"] == s2["counts"] and s2["records"] == 6
+    # Integer counts exactly; float sums to rounding (the shards are added in another order).
+    assert s1["counts"] == pytest.approx(s2["counts"], rel=1e-12, abs=1e-12) and s2["records"] == 6
+    assert {k: v for k, v in s1["counts"].items() if isinstance(v, int)} == {
+        k: v for k, v in s2["counts"].items() if isinstance(v, int)}
 
 
 def test_without_rl_the_job_writes_one_process_records_byte_for_byte(runs, tmp_path):
