@@ -90,3 +90,10 @@ def _set(obj: Any, path: list[str], text: str, append: bool, item: str) -> Any:
         items = [*(getattr(obj, head) or ()), parse_value(head, text, item_type)]
         return dataclasses.replace(obj, **{head: items if typing.get_origin(base) is list else tuple(items)})
     return dataclasses.replace(obj, **{head: parse_value(head, text, annotation)})
+
+
+def documented(help: str, default: Any = None, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its command-line help (`cli.config_args` prints it in `--help`)."""
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import islice
 
 from ra3_megatron.data.dedup import Deduper
@@ -31,15 +31,9 @@ from ra3_megatron.data.readers import SkipReport, count_documents, iter_document
 from ra3_megatron.data.split import is_heldout, split_prefixes
 from ra3_megatron.data.tokenizer import load_tokenizer
 from ra3_megatron.errors import ConfigError
+from ra3_megatron.overrides import documented
 
 __all__ = ["PREPARE_PATHS", "PrepareConfig", "prepare"]
-
-
-def _opt(help: str, default=None, **kw):
-    """A field with its command-line help (`ra3 prepare --help` is generated from these)."""
-    if "default_factory" in kw:
-        return field(metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help})
 
 
 # The three paths the EM loop fills in each round (a config for every round holds the rest).
@@ -48,26 +42,26 @@ PREPARE_PATHS = ("input", "tokenizer", "output")
 
 @dataclass(kw_only=True)
 class PrepareConfig:
-    input: str = _opt("a .py file or directory of them, .jsonl/.json, .parquet, a saved HF dataset dir, "
-                      "or an E-step output dir (manifest.json)", "")
-    tokenizer: str = _opt("HF tokenizer dir, tokenizer.json, `tiny` or `smollm2`", "")
-    output: str = _opt("output prefix (PREFIX.bin / PREFIX.idx ...)", "")
-    max_tokens: int = _opt("snippet token budget; 0 = no chunking", 2048)
-    holdout: float = _opt("fraction of files held out (PREFIX_train / PREFIX_valid); 0 = one PREFIX", 0.0)
-    dedup: bool = _opt("drop exact duplicate snippets", True)
-    workers: int = _opt("worker processes for chunking + tokenizing", 1)
-    skip_bad_lines: bool = _opt("count bad jsonl lines / records as skips instead of stopping with an error",
-                                False)
-    limit: int | None = _opt("read at most N documents")
-    text_field: str = _opt("record field with the code (auto: text, content, code)", "auto")
-    max_line_chars: int = _opt("skip documents with a longer line (minified / generated data)", 20_000)
-    exclude: tuple[str, ...] = _opt("skip files with a path component matching GLOB, e.g. test",
-                                    default_factory=tuple)
-    eos_token: str | None = _opt("end-of-document token (default: the tokenizer's eos)")
-    write_snippets: bool = _opt("also write PREFIX.snippets.jsonl", False)
-    progress: bool = _opt("a progress bar on stderr", True)
-    batch_docs: int = _opt("documents per worker batch", 64)
-    batch_chars: int = _opt("characters per worker batch at most", 2_000_000)
+    input: str = documented("a .py file or directory of them, .jsonl/.json, .parquet, a saved HF dataset dir, "
+                            "or an E-step output dir (manifest.json)", "")
+    tokenizer: str = documented("HF tokenizer dir, tokenizer.json, `tiny` or `smollm2`", "")
+    output: str = documented("output prefix (PREFIX.bin / PREFIX.idx ...)", "")
+    max_tokens: int = documented("snippet token budget; 0 = no chunking", 2048)
+    holdout: float = documented("fraction of files held out (PREFIX_train / PREFIX_valid); 0 = one PREFIX", 0.0)
+    dedup: bool = documented("drop exact duplicate snippets", True)
+    workers: int = documented("worker processes for chunking + tokenizing", 1)
+    skip_bad_lines: bool = documented("count bad jsonl lines / records as skips instead of stopping with an error",
+                                      False)
+    limit: int | None = documented("read at most N documents")
+    text_field: str = documented("record field with the code (auto: text, content, code)", "auto")
+    max_line_chars: int = documented("skip documents with a longer line (minified / generated data)", 20_000)
+    exclude: tuple[str, ...] = documented("skip files with a path component matching GLOB, e.g. test",
+                                          default_factory=tuple)
+    eos_token: str | None = documented("end-of-document token (default: the tokenizer's eos)")
+    write_snippets: bool = documented("also write PREFIX.snippets.jsonl", False)
+    progress: bool = documented("a progress bar on stderr", True)
+    batch_docs: int = documented("documents per worker batch", 64)
+    batch_chars: int = documented("characters per worker batch at most", 2_000_000)
 
     def validate(self) -> None:
         missing = [name for name in PREPARE_PATHS if not getattr(self, name)]

@@ -15,26 +15,23 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ra3_megatron.errors import ConfigError
-
-
-def _opt(help: str, default: Any):
-    return field(default=default, metadata={"help": help})
+from ra3_megatron.overrides import documented
 
 
 @dataclass(kw_only=True)
 class RLLayout:
-    trainer: Literal["auto", "megatron", "torch"] = _opt(
+    trainer: Literal["auto", "megatron", "torch"] = documented(
         "the RL trainer: megatron (the MegatronEngine) or torch (transformers); auto: megatron, torch with "
         "the fake engine", "auto")
-    rl_ranks: Literal["auto", "all", "first"] = _opt(
+    rl_ranks: Literal["auto", "all", "first"] = documented(
         "who runs RL: all ranks of the torchrun job (one data-parallel trainer, rollouts on every rank) or "
         "the first alone; auto: all under torchrun with the Megatron trainer, else first", "auto")
-    tp: int = _opt("the Megatron trainer's tensor-parallel size (rl_ranks all)", 1)
-    pp: int = _opt("the Megatron trainer's pipeline-parallel size (rl_ranks all)", 1)
+    tp: int = documented("the Megatron trainer's tensor-parallel size (rl_ranks all)", 1)
+    pp: int = documented("the Megatron trainer's pipeline-parallel size (rl_ranks all)", 1)
 
     def trainer_kind(self, backend: str) -> str:
         return self.trainer if self.trainer != "auto" else ("torch" if backend == "fake" else "megatron")

@@ -11,32 +11,29 @@ The fake engine takes the model dir's tokenizer, and its weights (fake_lm.json, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ra3_megatron.errors import ConfigError
-
-
-def _opt(help: str, default: Any):
-    return field(default=default, metadata={"help": help})
+from ra3_megatron.overrides import documented
 
 
 @dataclass(kw_only=True)
 class EngineSettings:
-    backend: Literal["vllm", "hf", "fake"] = _opt("rollout engine", "hf")
-    threads: int | None = _opt("torch threads in this process (and in an engine's CPU workers)", None)
-    rollout_tp: int = _opt("vllm: tensor-parallel size of each engine (above 1 the engine has worker processes "
-                           "of its own and takes new weights through a folder)", 1)
-    memory_fraction: float | None = _opt(
+    backend: Literal["vllm", "hf", "fake"] = documented("rollout engine", "hf")
+    threads: int | None = documented("torch threads in this process (and in an engine's CPU workers)", None)
+    rollout_tp: int = documented("vllm: tensor-parallel size of each engine (above 1 the engine has worker processes "
+                                 "of its own and takes new weights through a folder)", 1)
+    memory_fraction: float | None = documented(
         "vllm on GPUs: the share of GPU memory each engine takes (weights + KV cache; default: 45%% of what "
         "is free when it starts)", None)
-    score_matmul_dtype: Literal["float32", "bfloat16"] = _opt(
+    score_matmul_dtype: Literal["float32", "bfloat16"] = documented(
         "hf on CPU: bfloat16 scores with bf16 matmuls (fp32 accumulation), ~1.6x faster, a token's log-prob "
         "off by ~0.03 on average", "float32")
-    fake_corpus: str | None = _opt("fake: documents whose bigrams make the fake LM (default: the input)", None)
-    fake_corpus_docs: int = _opt("fake: at most this many documents", 2000)
-    fake_alpha: float = _opt("fake: add-alpha smoothing", 0.001)
-    fake_copy_weight: float = _opt("fake: copy-head weight", 0.5)
+    fake_corpus: str | None = documented("fake: documents whose bigrams make the fake LM (default: the input)", None)
+    fake_corpus_docs: int = documented("fake: at most this many documents", 2000)
+    fake_alpha: float = documented("fake: add-alpha smoothing", 0.001)
+    fake_copy_weight: float = documented("fake: copy-head weight", 0.5)
 
     def __post_init__(self) -> None:
         if self.backend != "hf" and self.score_matmul_dtype != "float32":
