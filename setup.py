@@ -13,7 +13,7 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = ["numpy>=1.24", "tqdm>=4.66", "pyyaml>=6"]
 
 COMMON_ML = [
-    "transformers>=5.8",  # from_pretrained(dtype=...), the cache layer API the hf backend uses
+    "transformers>=5.8",  # from_pretrained(dtype=...), DynamicCache: the public API the hf reference uses
     "tokenizers>=0.21",
     "safetensors>=0.4",
     "datasets>=3.0",
@@ -24,7 +24,9 @@ COMMON_ML = [
 ]
 
 EXTRAS = {
-    # The CPU stack measured to install together (what `make setup` installs).
+    # The CPU stack measured to install together (what `make setup` installs). The opt-in CPU
+    # accelerator (backend hf-cpu) calls private torch / transformers APIs tested on exactly these
+    # versions (rollout/private_apis.py).
     "cpu": [
         "torch==2.13.0",
         "megatron-core==0.16.1",

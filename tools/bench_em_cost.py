@@ -15,7 +15,7 @@ q's "#" probability is that of a model that has seen Python comments.
 
     python tools/bench_em_cost.py                                  # tiny model, c = 0.01, 0.05, 0.2
     python tools/bench_em_cost.py --model smollm2 --files 4 --pretrain-steps 0
-    python tools/bench_em_cost.py --trainer torch --backend hf --penalties 0.05
+    python tools/bench_em_cost.py --trainer torch --backend hf-cpu --penalties 0.05
     python tools/bench_em_cost.py --model smollm2 --backend vllm --corpus mbpp --pretrain-steps 0 \\
         --penalties 0.05 --threads 2                             # wall clock, engine start included
 """
@@ -113,7 +113,7 @@ def main() -> None:
                    help="stdlib packages (--files of them) or MBPP's train-split solutions of 4+ lines")
     p.add_argument("--files", type=int, default=24, help="stdlib files in the benchmark corpus")
     p.add_argument("--penalties", default="0.01,0.05,0.2")
-    p.add_argument("--backend", default="hf", choices=("hf", "vllm"))
+    p.add_argument("--backend", default="hf-cpu", choices=("hf-cpu", "hf", "vllm"))
     p.add_argument("--trainer", default="megatron", choices=("megatron", "torch"))
     p.add_argument("--rl-steps", type=int, default=2)
     p.add_argument("--rl-snippets", type=int, default=4)
@@ -123,7 +123,7 @@ def main() -> None:
     p.add_argument("--lookahead", type=int, default=8, help="rollouts per speculative window (1: one at a time)")
     p.add_argument("--batch-snippets", type=int, default=16, help="snippets searched in lockstep")
     p.add_argument("--score-matmul-dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="--backend hf: E-step scoring matmuls (bfloat16: faster, log-probs off by ~0.03)")
+                   help="--backend hf-cpu: E-step scoring matmuls (bfloat16: faster, log-probs off by ~0.03)")
     p.add_argument("--snippet-tokens", type=int, default=512)
     p.add_argument("--pretrain-steps", type=int, default=150, help="NTP steps on another stdlib slice first (tiny)")
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
@@ -181,7 +181,7 @@ def main() -> None:
                 "--lookahead", str(a.lookahead), "--batch-snippets", str(a.batch_snippets),
                 "--no-progress"]
         args += ["--threads", str(a.threads)]
-        if a.backend == "hf":
+        if a.backend == "hf-cpu":
             args += ["--score-matmul-dtype", a.score_matmul_dtype]
         e_wall = ra3(*args)
         stats = json.loads((out / "stats.json").read_text())

@@ -7,18 +7,18 @@ and 4 one-line comments of ~10 tokens taken from real stdlib comments), and afte
 4 files x 4 consecutive lines, one call per line, each prefix the previous one plus its line.
 Methods, float32 unless named bf16, scoring the same groups:
 
-- naive: `score_groups_naive`, one batched forward per group over the full padded sequences,
+- naive: `score_groups_naive` (the `hf` reference engine's scoring), batched forwards over the full padded sequences,
   logits and log-softmax at all positions, as a plain transformers user would write it;
-- naive-onednn: the same with the linear layers on oneDNN instead of MKL (see rollout/onednn.py);
-- prefix-cache: `score_groups_prefix_cache` with a prefix K/V store (the `hf` engine's scorer);
+- naive-onednn: the same with the linear layers on oneDNN instead of MKL (see rollout/cpu_accel/onednn.py);
+- prefix-cache: `score_groups_prefix_cache` with a prefix K/V store (the `hf-cpu` engine's scorer);
   prefix-cache-nostore: without the store (equal in `groups`: nothing to reuse);
   prefix-cache-mkl: with torch's default MKL linear layers (separates kernels from algorithm);
   prefix-cache-transformers: through transformers' padded forward instead of the packed decoder
-  (`ScorerConfig(packed=False)`, the path of non-Llama-family models; see rollout/packed_llama.py);
+  (`ScorerConfig(packed=False)`, the path of non-Llama-family models; see rollout/cpu_accel/packed_llama.py);
 - naive-bf16: the naive forward on a bfloat16 copy of the model (what a user wanting speed would
   load): the baseline at equal precision for
 - prefix-cache-bf16: the prefix-cache scorer with bf16 matmuls (fp32 accumulation, everything
-  else fp32; `ScorerConfig(matmul_dtype="bfloat16")`, the `hf` engine's `score_matmul_dtype`);
+  else fp32; `ScorerConfig(matmul_dtype="bfloat16")`, the `hf-cpu` engine's `score_matmul_dtype`);
   prefix-cache-bf16-transformers: the same through transformers' forward;
 - vllm: the `vllm` engine's prompt_logprobs scorer (prefix cache read, KV blocks of 32);
 - vllm-nocache: vLLM prompt_logprobs as it comes (it then skips reading the prefix cache).
@@ -169,9 +169,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ra3_megatron.rollout.kv_store import PrefixKVStore
-    from ra3_megatron.rollout.onednn import onednn_linears
-    from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_naive, score_groups_prefix_cache
+    from ra3_megatron.rollout.cpu_accel.kv_store import PrefixKVStore
+    from ra3_megatron.rollout.cpu_accel.onednn import onednn_linears
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import ScorerConfig, score_groups_naive, score_groups_prefix_cache
 
     torch.set_num_threads(args.threads)
     path = model_dir(args.model)

@@ -56,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mbpp-dir", default=None, help="MBPP directory (default: env RA3_MBPP_DIR, else the copy shipped with the package)")
     parser.add_argument("--mbpp-prompt", choices=("3shot", "evalplus"), default="3shot")
     parser.add_argument("--limit", type=int, default=None, help="only the first N training problems")
-    parser.add_argument("--backend", choices=("vllm", "hf", "fake"), default="vllm", help="rollout engine (default: vllm)")
+    parser.add_argument("--backend", choices=("vllm", "hf", "hf-cpu", "fake"), default="vllm",
+                        help="rollout engine: vllm, hf (the transformers reference), hf-cpu (it with the CPU "
+                             "accelerator), fake (default: vllm)")
     parser.add_argument("--sandbox-mode", choices=("auto", "bwrap", "weak"), default="auto")
     parser.add_argument("--sandbox-workers", type=int, default=None, help="parallel sandboxes (default: CPU count)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in this process")
@@ -71,8 +73,8 @@ def make_engine(backend: str, model_dir: str, threads: int | None = None, eager:
 
     if backend == "fake":
         return create_engine("fake", tokenizer=str(model_dir))
-    if backend == "hf":
-        return create_engine("hf", model=str(model_dir), threads=threads)
+    if backend in ("hf", "hf-cpu"):
+        return create_engine(backend, model=str(model_dir), threads=threads)
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     # the model's own context, not vLLM's default (which a small model's config may not allow)
     context = int(config.get("max_position_embeddings") or 4096)

@@ -36,7 +36,7 @@ def tiny_cpu(*, run_dir: str = "runs/tiny_cpu", corpus: str = "json") -> RA3Reci
                         warmup_steps=2, log_interval=5, split="100,0,0")
     em = EMConfig(model="tiny-warm", input=stdlib_corpus(corpus), run_dir=run_dir, iterations=2,
                   mstep=mstep, estep=estep)
-    return RA3Recipe(em=em, engines=EngineSettings(backend="hf", threads=2),
+    return RA3Recipe(em=em, engines=EngineSettings(backend="vllm", threads=2),
                      description=tiny_cpu.__doc__.splitlines()[0])
 
 
@@ -52,5 +52,5 @@ def smollm2_135m_cpu(*, run_dir: str = "runs/smollm2_135m_cpu", corpus: str = "j
                         warmup_steps=1, log_interval=1, split="100,0,0")
     em = EMConfig(model="smollm2", input=stdlib_corpus(corpus), run_dir=run_dir, iterations=1,
                   mstep=mstep, estep=estep)
-    return RA3Recipe(em=em, engines=EngineSettings(backend="hf", threads=2),
+    return RA3Recipe(em=em, engines=EngineSettings(backend="vllm", threads=2),
                      description=smollm2_135m_cpu.__doc__.splitlines()[0])

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ra3_megatron.rl.batch import RLExample
-from ra3_megatron.rollout.kv_store import common_length
+from ra3_megatron.rollout.common import common_length
 
 MIN_SHARED = 16  # a branch must share at least this many tokens with its trunk to be worth it
 

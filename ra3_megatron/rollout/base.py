@@ -71,6 +71,17 @@ class ScoreGroup:
     options: tuple[ScoreOption, ...] = field(default_factory=tuple)
 
 
+def check_groups(groups: Sequence[ScoreGroup]) -> None:
+    """Refuse a scored target with nothing before it (no token to predict it from)."""
+    for gi, g in enumerate(groups):
+        for oi, o in enumerate(g.options):
+            if o.target and not g.prefix and not o.middle:
+                raise ValueError(
+                    f"score_groups: group {gi} option {oi} has no context before its target "
+                    "(empty prefix and middle); put a BOS token in the prefix"
+                )
+
+
 # (HF parameter name, full tensor) pairs, in any order: what a trainer's `named_weights()` yields
 # (Megatron shards already gathered: TP all-gathered, PP broadcast) and `update_weights` takes.
 NamedTensors = Iterable[tuple[str, Any]]
@@ -201,4 +212,5 @@ def create_engine(name: str, **kwargs) -> RolloutEngine:
 
 register_engine("fake", "ra3_megatron.rollout.fake:FakeEngine")
 register_engine("hf", "ra3_megatron.rollout.hf_engine:HFEngine")
+register_engine("hf-cpu", "ra3_megatron.rollout.cpu_accel.engine:CPUAccelEngine")
 register_engine("vllm", "ra3_megatron.rollout.vllm_engine:VLLMEngine")

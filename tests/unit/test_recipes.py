@@ -20,7 +20,7 @@ def test_recipe_builds_with_typed_phase_configs(name):
 
     recipe = get_recipe(name)()
     assert isinstance(recipe, RA3Recipe)
-    assert recipe.engines.backend in ("vllm", "hf", "fake")
+    assert recipe.engines.backend in ("vllm", "hf", "hf-cpu", "fake")
     assert isinstance(recipe.em.mstep, MStepConfig) and isinstance(recipe.em.prepare, PrepareConfig)
     assert recipe.em.mstep.model == "" and recipe.em.prepare.input == ""  # set by the EM loop each round
     assert recipe.em.iterations >= 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ra3_megatron.rollout.kv_store import PrefixKVStore
+from ra3_megatron.rollout.cpu_accel.kv_store import PrefixKVStore
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +64,7 @@ def test_longest_common_agrees_with_a_brute_force_scan_through_puts_evictions_an
     length, short keys, evictions and discards, checked against a scan of every entry."""
     import random
 
-    from ra3_megatron.rollout.kv_store import BUCKET, common_length
+    from ra3_megatron.rollout.cpu_accel.kv_store import BUCKET, common_length
 
     rng = random.Random(0)
     header = tuple(rng.randrange(4) for _ in range(BUCKET + 3))

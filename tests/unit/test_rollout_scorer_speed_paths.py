@@ -96,7 +96,7 @@ def groups_for(seed: int) -> list[ScoreGroup]:
 
 
 def one_by_one(model, groups):
-    from ra3_megatron.rollout.prefix_scorer import score_groups_one_by_one
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import score_groups_one_by_one
 
     return score_groups_one_by_one(model, groups)
 
@@ -109,8 +109,8 @@ def max_diff(a, b) -> float:
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 @pytest.mark.parametrize("max_batch_tokens", [150, 32768])  # many small batches / one batch
 def test_packed_path_equals_full_forward(kind, max_batch_tokens, llama, qwen2):
-    from ra3_megatron.rollout.packed_llama import packable
-    from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_prefix_cache
+    from ra3_megatron.rollout.cpu_accel.packed_llama import packable
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import ScorerConfig, score_groups_prefix_cache
 
     model = {"llama": llama, "qwen2": qwen2}[kind]
     assert packable(model)
@@ -124,15 +124,15 @@ def test_packed_path_equals_full_forward(kind, max_batch_tokens, llama, qwen2):
 
 def test_packed_path_with_one_option_per_group(llama):
     """Every option then has a prefix of its own: the option pass takes the per-segment way."""
-    from ra3_megatron.rollout.prefix_scorer import score_groups_prefix_cache
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import score_groups_prefix_cache
 
     groups = [ScoreGroup(prefix=g.prefix, options=g.options[-1:]) for g in groups_for(1)]
     assert max_diff(score_groups_prefix_cache(llama, groups), one_by_one(llama, groups)) <= 1e-4
 
 
 def test_unpackable_model_takes_the_transformers_path(llama):
-    from ra3_megatron.rollout.packed_llama import packable
-    from ra3_megatron.rollout.prefix_scorer import score_groups_prefix_cache
+    from ra3_megatron.rollout.cpu_accel.packed_llama import packable
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import score_groups_prefix_cache
 
     windowed = make_model("mistral-window")
     assert not packable(windowed)
@@ -144,8 +144,8 @@ def test_unpackable_model_takes_the_transformers_path(llama):
 def test_store_entries_are_interchangeable_between_paths(llama):
     """Sampling and probes read the same store: the packed path must write (and read) K/V in the
     transformers layout, [kv_heads, length, head_dim] after RoPE."""
-    from ra3_megatron.rollout.kv_store import PrefixKVStore
-    from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_prefix_cache
+    from ra3_megatron.rollout.cpu_accel.kv_store import PrefixKVStore
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import ScorerConfig, score_groups_prefix_cache
 
     rng = random.Random(3)
     first = groups_for(3)
@@ -177,7 +177,7 @@ def test_bf16_matmuls_stay_close_and_keep_the_options_apart(llama):
     """bf16 mode: within 0.4 nats of float32 per token on this model (its log-probs spread over
     ~10 nats; both bf16 paths measured 0.16-0.26 here), not identical (the mode does something),
     and the options of a group keep their order."""
-    from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_prefix_cache
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import ScorerConfig, score_groups_prefix_cache
 
     groups = groups_for(4)
     exact = score_groups_prefix_cache(llama, groups)
@@ -197,7 +197,7 @@ def test_bf16_matmuls_stay_close_and_keep_the_options_apart(llama):
 
 
 def test_chunked_head_equals_one_log_softmax(llama):
-    from ra3_megatron.rollout.prefix_scorer import _head_logprobs
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import _head_logprobs
 
     gen = torch.Generator().manual_seed(5)
     hidden = torch.randn(37, llama.config.hidden_size, generator=gen)
@@ -210,7 +210,7 @@ def test_chunked_head_equals_one_log_softmax(llama):
 
 
 def test_packed_decoder_refuses_segments_that_do_not_split_the_tokens(llama):
-    from ra3_megatron.rollout.packed_llama import PackedDecoder, Segments
+    from ra3_megatron.rollout.cpu_accel.packed_llama import PackedDecoder, Segments
 
     dec = PackedDecoder(llama)
     ids = torch.arange(6)
@@ -224,8 +224,8 @@ def test_packed_decoder_refuses_segments_that_do_not_split_the_tokens(llama):
 def test_attention_per_head_and_batched_ways_agree(monkeypatch, with_bias):
     """`_RunKV.attend` picks batched or per-KV-head GEMMs by size: both must give the same
     softmax attention (the merge column's weight included) as a plain reference."""
-    from ra3_megatron.rollout import packed_llama
-    from ra3_megatron.rollout.onednn import onednn_available
+    from ra3_megatron.rollout.cpu_accel import packed_llama
+    from ra3_megatron.rollout.cpu_accel.onednn import onednn_available
 
     gen = torch.Generator().manual_seed(0)
     kvh, rows, n, d = 2, 12, 9, 8

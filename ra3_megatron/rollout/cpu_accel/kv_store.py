@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from ra3_megatron.rollout.common import common_length
+
 KV = list[tuple[object, object]]  # per layer (keys, values), torch tensors
 
 # Entries are indexed by their first BUCKET tokens: a lookup compares only the entries that share
@@ -21,21 +23,6 @@ KV = list[tuple[object, object]]  # per layer (keys, values), torch tensors
 # when none does. Why it matters: the E-step looks the store up thousands of times over stores
 # of thousands of entries, and a linear scan of token tuples then costs seconds.
 BUCKET = 8
-
-
-def common_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    """How many leading tokens a and b share: bisection over slice compares, which run in C."""
-    m = min(len(a), len(b))
-    if a[:m] == b[:m]:
-        return m
-    lo, hi = 0, m  # a[:lo] == b[:lo]; a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 class PrefixKVStore:

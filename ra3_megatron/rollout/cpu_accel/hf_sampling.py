@@ -29,11 +29,12 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from ra3_megatron.rollout.base import Completion, SamplingConfig, ScoreGroup
 from ra3_megatron.rollout.common import cut_at_stop
-from ra3_megatron.rollout.gqa_attention import gqa_attention
-from ra3_megatron.rollout.kv_store import KV, PrefixKVStore
-from ra3_megatron.rollout.lean_decode import LeanDecoder
-from ra3_megatron.rollout.packed_llama import PackedDecoder, Segments, packable
-from ra3_megatron.rollout.prefix_scorer import _head_logprobs, prefix_pass
+from ra3_megatron.rollout.cpu_accel.gqa_attention import gqa_attention
+from ra3_megatron.rollout.cpu_accel.kv_store import KV, PrefixKVStore
+from ra3_megatron.rollout.cpu_accel.lean_decode import LeanDecoder
+from ra3_megatron.rollout.cpu_accel.packed_llama import PackedDecoder, Segments, packable
+from ra3_megatron.rollout.cpu_accel.prefix_scorer import _head_logprobs, prefix_pass
+from ra3_megatron.rollout.hf_engine import sample_rows
 
 
 class _GrowingLayer(DynamicLayer):
@@ -200,30 +201,6 @@ def _packed_prefill(model, prompts: Sequence[list[int]], first_row: list[int], o
         layers.append(_GrowingLayer.over(bufs[0], bufs[1], L))
     mask = (torch.arange(L, device=dev)[None, :] < lens.index_select(0, owner)[:, None]).long()
     return layers, mask, lens, firsts
-
-
-def sample_rows(logits: torch.Tensor, cfg: SamplingConfig, gens: Sequence[torch.Generator],
-                owners: Sequence[int]) -> torch.Tensor:
-    """One token per row of [R, V] logits: inverse-CDF sampling, row r's uniform drawn from
-    gens[owners[r]] (each generator gives its rows theirs in row order, so a prompt's draws do
-    not depend on other prompts' rows). torch.multinomial would draw an exponential per
-    vocabulary entry: ~0.2 ms a call on 8k entries, per prompt per decode step."""
-    if cfg.temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / cfg.temperature, dim=-1)
-    if cfg.top_p < 1.0:
-        sorted_p, idx = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest set reaching top_p
-        probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
-    cdf = probs.double().cumsum(-1)
-    u = torch.empty(len(owners), dtype=torch.float64)
-    rows_of: dict[int, list[int]] = {}
-    for r, p in enumerate(owners):
-        rows_of.setdefault(p, []).append(r)
-    for p, rows in rows_of.items():
-        u[rows] = torch.rand(len(rows), generator=gens[p], dtype=torch.float64)
-    u = u.to(cdf.device)[:, None] * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
 
 
 _STOP_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

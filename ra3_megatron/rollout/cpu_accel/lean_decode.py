@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ra3_megatron.rollout.packed_llama import PackedDecoder
+from ra3_megatron.rollout.cpu_accel.packed_llama import PackedDecoder
 
 
 class LeanDecoder(PackedDecoder):

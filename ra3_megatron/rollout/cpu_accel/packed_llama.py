@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ra3_megatron.rollout.onednn import bf16_weight, onednn_available
+from ra3_megatron.rollout.cpu_accel.onednn import bf16_weight, onednn_available
 
 _ATTN = {"LlamaAttention", "MistralAttention", "Qwen2Attention"}
 _MLP = {"LlamaMLP", "MistralMLP", "Qwen2MLP"}

@@ -30,7 +30,7 @@ Groups with an empty prefix fall back to the naive forward. `score_groups_naive`
 forward: full padded sequences, all-position logits, as a plain transformers user would write
 it; it is the reference in tests and the benchmark baseline.
 
-    from ra3_megatron.rollout.prefix_scorer import ScorerConfig, score_groups_prefix_cache
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import ScorerConfig, score_groups_prefix_cache
     scores = score_groups_prefix_cache(model, groups, ScorerConfig())
 """
 
@@ -42,11 +42,11 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from ra3_megatron.rollout.base import ScoreGroup
-from ra3_megatron.rollout.gqa_attention import gqa_attention
-from ra3_megatron.rollout.kv_store import PrefixKVStore
-from ra3_megatron.rollout.onednn import onednn_linears
-from ra3_megatron.rollout.packed_llama import KV, PackedDecoder, Segments, packable
+from ra3_megatron.rollout.base import ScoreGroup, check_groups
+from ra3_megatron.rollout.cpu_accel.gqa_attention import gqa_attention
+from ra3_megatron.rollout.cpu_accel.kv_store import PrefixKVStore
+from ra3_megatron.rollout.cpu_accel.onednn import onednn_linears
+from ra3_megatron.rollout.cpu_accel.packed_llama import KV, PackedDecoder, Segments, packable
 
 Scores = list[list[list[float]]]
 
@@ -140,16 +140,6 @@ def _check_model(model) -> None:
         raise ValueError(
             f"prefix-cache scorer: only full-attention models are supported, not {set(layer_types)}"
         )
-
-
-def _check(groups: Sequence[ScoreGroup]) -> None:
-    for gi, g in enumerate(groups):
-        for oi, o in enumerate(g.options):
-            if o.target and not g.prefix and not o.middle:
-                raise ValueError(
-                    f"score_groups: group {gi} option {oi} has no context before its target "
-                    "(empty prefix and middle); put a BOS token in the prefix"
-                )
 
 
 def _batches(groups: Sequence[ScoreGroup], order: list[int], budget: int) -> list[list[int]]:
@@ -353,7 +343,7 @@ def score_groups_prefix_cache(
     """
     cfg = cfg or ScorerConfig()
     _check_model(model)
-    _check(groups)
+    check_groups(groups)
     result: list = [None] * len(groups)
     empty = [i for i, g in enumerate(groups) if not g.prefix or not g.options]
     for i, s in zip(empty, score_groups_naive(model, [groups[i] for i in empty])):
@@ -374,33 +364,12 @@ def score_groups_prefix_cache(
 
 
 def score_groups_naive(model, groups: Sequence[ScoreGroup], batch_rows: int = 8) -> Scores:
-    """Reference / baseline: one forward per batch of full padded sequences, logits everywhere."""
-    _check(groups)
-    seqs = [
-        (list(g.prefix) + list(o.middle) + list(o.target), len(g.prefix) + len(o.middle), len(o.target))
-        for g in groups
-        for o in g.options
-    ]
-    flat: list[list[float]] = []
-    dev = model.device
+    """Baseline: the reference engine's padded full-sequence forward (`hf_engine.score_padded`)."""
+    from ra3_megatron.rollout.hf_engine import score_padded
+
+    check_groups(groups)
     with torch.inference_mode():
-        for start in range(0, len(seqs), batch_rows):
-            chunk = seqs[start : start + batch_rows]
-            L = max(len(s) for s, _, _ in chunk)
-            ids = torch.zeros(len(chunk), L, dtype=torch.long, device=dev)
-            mask = torch.zeros(len(chunk), L, dtype=torch.long, device=dev)
-            for r, (s, _, _) in enumerate(chunk):
-                ids[r, : len(s)] = torch.tensor(s, device=dev)
-                mask[r, : len(s)] = 1
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-            for r, (_, first, n) in enumerate(chunk):
-                pos = torch.arange(first - 1, first - 1 + n, device=dev)
-                flat.append(logp[r, pos, ids[r, pos + 1]].tolist())
-    scores, k = [], 0
-    for g in groups:
-        scores.append(flat[k : k + len(g.options)])
-        k += len(g.options)
-    return scores
+        return score_padded(model, groups, batch_rows)
 
 
 def score_groups_one_by_one(model, groups: Sequence[ScoreGroup]) -> Scores:
