@@ -82,41 +82,59 @@ def serve(gens, ids: Sequence[str], *, sampler, scorer, cfg: EStepConfig, phase:
 
     for i in range(len(gens)):
         advance(i, None)
+    last_role = "pi"
     while pending:
         # Every request of the round, bundles flattened: (search index, request), in order.
         flat = [(i, r) for i in sorted(pending)
                 for r in (pending[i].requests if isinstance(pending[i], Bundle) else (pending[i],))]
         answers: list[object] = [None] * len(flat)
-        by_engine: dict[int, tuple[object, list[int]]] = {}
+        scores_for: dict[str, list[int]] = {"pi": [], "q": []}
         for f, (_, req) in enumerate(flat):
             if isinstance(req, ScoreRequest):
-                engine = sampler if req.engine == "q" else scorer
-                by_engine.setdefault(id(engine), (engine, []))[1].append(f)
+                scores_for["q" if req.engine == "q" and sampler is not scorer else "pi"].append(f)
         lap("search")
-        for engine, idx in by_engine.values():
-            for f, scores in zip(idx, engine.score_groups([flat[f][1].group for f in idx])):
-                answers[f] = [scores]
-        lap("score")
-        chains = [f for f, (_, req) in enumerate(flat) if isinstance(req, ChainRequest)]
-        for f, lps in zip(chains, chain_logprobs(scorer, [(flat[f][1].ids, flat[f][1].start) for f in chains])):
-            answers[f] = lps
-        lap("chain")
-        probes = [f for f, (_, req) in enumerate(flat) if isinstance(req, ProbeRequest)]
-        out = probe_logprobs(sampler, [(flat[f][1].ids, flat[f][1].positions, flat[f][1].tokens) for f in probes])
-        for f, lps in zip(probes, out):
-            answers[f] = lps
-        lap("probe")
-        samples = [f for f, (_, req) in enumerate(flat) if isinstance(req, SampleRequest)]
-        if samples:
-            # One call for every prompt of the round, each with its own n and its own seed.
-            configs = [
-                SamplingConfig(n=flat[f][1].n, temperature=cfg.temperature, max_tokens=cfg.max_latent_tokens,
-                               stop=("\n",), seed=_seed(cfg.seed, phase, ids[flat[f][0]], flat[f][1].line))
-                for f in samples
-            ]
-            for f, completions in zip(samples, sampler.generate([list(flat[f][1].prompt) for f in samples], configs)):
-                answers[f] = completions
-        lap("sample")
+
+        def score(engine, idx: list[int]) -> None:
+            if idx:
+                for f, scores in zip(idx, engine.score_groups([flat[f][1].group for f in idx])):
+                    answers[f] = [scores]
+            lap("score")
+
+        def pi_calls() -> bool:
+            score(scorer, scores_for["pi"])
+            chains = [f for f, (_, req) in enumerate(flat) if isinstance(req, ChainRequest)]
+            for f, lps in zip(chains, chain_logprobs(scorer, [(flat[f][1].ids, flat[f][1].start) for f in chains])):
+                answers[f] = lps
+            lap("chain")
+            return bool(scores_for["pi"] or chains)
+
+        def q_calls() -> bool:
+            score(sampler, scores_for["q"])
+            probes = [f for f, (_, req) in enumerate(flat) if isinstance(req, ProbeRequest)]
+            out = probe_logprobs(sampler, [(flat[f][1].ids, flat[f][1].positions, flat[f][1].tokens) for f in probes])
+            for f, lps in zip(probes, out):
+                answers[f] = lps
+            lap("probe")
+            samples = [f for f, (_, req) in enumerate(flat) if isinstance(req, SampleRequest)]
+            if samples:
+                # One call for every prompt of the round, each with its own n and its own seed.
+                configs = [
+                    SamplingConfig(n=flat[f][1].n, temperature=cfg.temperature, max_tokens=cfg.max_latent_tokens,
+                                   stop=("\n",), seed=_seed(cfg.seed, phase, ids[flat[f][0]], flat[f][1].line))
+                    for f in samples
+                ]
+                for f, completions in zip(samples, sampler.generate([list(flat[f][1].prompt) for f in samples],
+                                                                    configs)):
+                    answers[f] = completions
+            lap("sample")
+            return bool(scores_for["q"] or probes or samples)
+
+        # The engine that served last goes first: where pi and q share one engine (weights
+        # swapped in, rollout.shared) a round then costs one swap, not two.
+        for role, calls in ((("q", q_calls), ("pi", pi_calls)) if last_role == "q" else
+                            (("pi", pi_calls), ("q", q_calls))):
+            if calls():
+                last_role = role
         by_search: dict[int, list[object]] = {}
         for (i, _), answer in zip(flat, answers):
             by_search.setdefault(i, []).append(answer)

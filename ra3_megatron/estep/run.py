@@ -155,6 +155,8 @@ def run_estep(
     t0 = time.perf_counter()
     scorer = make_engine(run.model)
     seconds["load"] = time.perf_counter() - t0
+    # pi and q on one engine (rollout.shared): its weight swaps in this E-step (it may outlive it)
+    swaps0 = (getattr(scorer, "swaps", None), getattr(scorer, "swap_seconds", 0.0))
     history_path = out / "rl" / "history.json"
     q_dir = out / "rl" / "q"
     sampler, history = scorer, None
@@ -182,6 +184,9 @@ def run_estep(
                     limit=run.limit, progress=run.progress)
     seconds["infuse"] = time.perf_counter() - t0
     seconds["infuse_parts"] = result["seconds"]  # probe, chain, score, sample, search (batch.run_searches)
+    swaps = None if swaps0[0] is None else scorer.swaps - swaps0[0]
+    if swaps is not None:
+        seconds["swap"] = scorer.swap_seconds - swaps0[1]
     skipped = {**dict(report.counts), **({"duplicate-id": result["duplicates"]} if result["duplicates"] else {})}
     write_rank_done(out, run.rank, result["shards"], result["stats"], {"skipped": skipped, "seconds": seconds})
     manifest = try_write_manifest(out, run.world, {"config": cfg.to_dict(), "model": run.model})
@@ -197,6 +202,7 @@ def run_estep(
         "infusion": {"counts": total.to_dict(), "summary": total.summary(), "skipped": skipped,
                      "records": manifest["records"]},
         "seconds": seconds,
+        **({"weight_swaps": swaps} if swaps is not None else {}),
     }
     write_stats(out, stats)
     if not run.keep_q:

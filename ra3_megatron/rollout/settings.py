@@ -32,6 +32,9 @@ class EngineSettings:
     score_matmul_dtype: Literal["float32", "bfloat16"] = documented(
         "hf-cpu: bfloat16 scores with bf16 matmuls (fp32 accumulation), ~1.6x faster, a token's log-prob "
         "off by ~0.03 on average", "float32")
+    share_pi_q: bool = documented(
+        "one engine serves pi and q, each role's weights kept in host memory and swapped in when its turn "
+        "comes (at most one swap per E-step round): for accelerators that cannot hold two engines", False)
     fake_corpus: str | None = documented("fake: documents whose bigrams make the fake LM (default: the input)", None)
     fake_corpus_docs: int = documented("fake: at most this many documents", 2000)
     fake_alpha: float = documented("fake: add-alpha smoothing", 0.001)
@@ -42,6 +45,9 @@ class EngineSettings:
             raise ConfigError("--score-matmul-dtype applies to --backend hf-cpu only")
         if self.rollout_tp < 1:
             raise ConfigError(f"rollout_tp must be >= 1, got {self.rollout_tp}")
+        if self.share_pi_q and self.rollout_tp > 1:
+            raise ConfigError("--share-pi-q swaps weights in memory, which engines above rollout TP 1 cannot take "
+                              "(their workers load weights from a folder)")
         if self.memory_fraction is not None and not 0.0 < self.memory_fraction <= 1.0:
             raise ConfigError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
 
@@ -87,4 +93,8 @@ def engine_factory(settings: EngineSettings, *, corpus: str | None = None) -> Ca
     def make(model_dir: str):
         return create_engine(s.backend, model=str(model_dir), **extra)
 
+    if s.share_pi_q:
+        from ra3_megatron.rollout.shared import shared_engine_factory
+
+        return shared_engine_factory(make)
     return make

@@ -178,3 +178,21 @@ def test_sigkill_during_infusion_then_resume(tiny_model_dir, tmp_path):
     assert _shard_bytes(out) == _shard_bytes(clean)  # the same records as a run that was never killed
     assert json.loads((out / "manifest.json").read_text())["records"] == 240
     assert json.loads((out / "stats.json").read_text())["infusion"]["counts"]["chosen"] > 0
+
+
+def test_pi_and_q_on_one_engine_write_the_same_records(tiny_model_dir, tmp_path):
+    """--share-pi-q: one transformers engine serves pi and q, each role's weights swapped in when
+    its turn comes. RL moves q, so a swap that failed to happen would change the records; the
+    serve loop's ordering keeps it to at most one swap per round (plus RL's and the start)."""
+    corpus = _write_corpus(tmp_path / "src", n_files=2)
+    common = ["--backend", "hf", "--trainer", "torch", "--rl-steps", "1", "--rl-snippets", "2", "--lr", "3e-2",
+              "--max-snippet-tokens", "160", "--seed", "3"]
+    _estep(tiny_model_dir, corpus, tmp_path / "two", *common)
+    _estep(tiny_model_dir, corpus, tmp_path / "one", *common, "--share-pi-q")
+    assert _shard_bytes(tmp_path / "two") and _shard_bytes(tmp_path / "one") == _shard_bytes(tmp_path / "two")
+    two = json.loads((tmp_path / "two" / "stats.json").read_text())
+    one = json.loads((tmp_path / "one" / "stats.json").read_text())
+    assert "weight_swaps" not in two and one["rl"][0]["loss"] == pytest.approx(two["rl"][0]["loss"], abs=1e-6)
+    assert one["weight_swaps"] > 2 and one["seconds"]["swap"] > 0
+    rounds = one["infusion"]["counts"]["rollouts"] + one["infusion"]["counts"]["positions"]  # a loose bound
+    assert one["weight_swaps"] <= rounds
