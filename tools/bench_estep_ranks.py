@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2", help="smollm2 | tiny | an HF checkpoint dir")
     ap.add_argument("--package", default="json", help="standard-library package to infuse (its .py files)")
-    ap.add_argument("--backend", default="vllm", choices=("vllm", "hf"))
+    ap.add_argument("--backend", default="vllm", choices=("vllm", "hf", "hf-cpu"))
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--threads-per-rank", type=int, default=1)
     ap.add_argument("--rl-steps", type=int, default=0)

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from ra3_megatron.models.warm import resolve_model
     from ra3_megatron.rollout.base import create_engine
 
-    scorer = create_engine("hf", model=resolve_model(args.model), threads=args.threads)
+    scorer = create_engine("hf-cpu", model=resolve_model(args.model), threads=args.threads)
     sampler = FixedThoughtSampler(scorer.tokenizer, args.sentence)
     snippets = stdlib_snippets(scorer.tokenizer, args.files, args.max_snippet_tokens, args.seed)
     penalties = [float(c) for c in args.penalties.split(",")]

@@ -1,7 +1,7 @@
 """`ra3 estep`: one E-step (RL on the latent thoughts, then the infusion pass) over a corpus.
 
     ra3 estep --model HF_DIR --input src/ --output out/estep [--penalty 0.05] [--samples 4]
-              [--horizon 4] [--rl-steps 2] [--backend vllm|hf|fake] [--trainer megatron|torch]
+              [--horizon 4] [--rl-steps 2] [--backend vllm|hf|hf-cpu|fake] [--share-pi-q] [--trainer megatron|torch]
 
 Writes OUTPUT/part-*.jsonl shards of records {"id", "text", "thoughts": [{"line", "text", "gain"}]},
 OUTPUT/manifest.json (what `ra3 prepare --input OUTPUT` reads), stats.json, report.md and

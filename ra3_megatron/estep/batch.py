@@ -82,7 +82,7 @@ def serve(gens, ids: Sequence[str], *, sampler, scorer, cfg: EStepConfig, phase:
 
     for i in range(len(gens)):
         advance(i, None)
-    last_role = "pi"
+    last_role = "q" if getattr(sampler, "holds_weights", False) else "pi"  # shared engine: who is resident
     while pending:
         # Every request of the round, bundles flattened: (search index, request), in order.
         flat = [(i, r) for i in sorted(pending)
@@ -103,17 +103,20 @@ def serve(gens, ids: Sequence[str], *, sampler, scorer, cfg: EStepConfig, phase:
         def pi_calls() -> bool:
             score(scorer, scores_for["pi"])
             chains = [f for f, (_, req) in enumerate(flat) if isinstance(req, ChainRequest)]
-            for f, lps in zip(chains, chain_logprobs(scorer, [(flat[f][1].ids, flat[f][1].start) for f in chains])):
-                answers[f] = lps
+            if chains:
+                for f, lps in zip(chains, chain_logprobs(scorer, [(flat[f][1].ids, flat[f][1].start) for f in chains])):
+                    answers[f] = lps
             lap("chain")
             return bool(scores_for["pi"] or chains)
 
         def q_calls() -> bool:
             score(sampler, scores_for["q"])
             probes = [f for f, (_, req) in enumerate(flat) if isinstance(req, ProbeRequest)]
-            out = probe_logprobs(sampler, [(flat[f][1].ids, flat[f][1].positions, flat[f][1].tokens) for f in probes])
-            for f, lps in zip(probes, out):
-                answers[f] = lps
+            if probes:
+                out = probe_logprobs(sampler, [(flat[f][1].ids, flat[f][1].positions, flat[f][1].tokens)
+                                               for f in probes])
+                for f, lps in zip(probes, out):
+                    answers[f] = lps
             lap("probe")
             samples = [f for f, (_, req) in enumerate(flat) if isinstance(req, SampleRequest)]
             if samples:
@@ -129,9 +132,10 @@ def serve(gens, ids: Sequence[str], *, sampler, scorer, cfg: EStepConfig, phase:
             lap("sample")
             return bool(scores_for["q"] or probes or samples)
 
-        # The engine that served last goes first: where pi and q share one engine (weights
-        # swapped in, rollout.shared) a round then costs one swap, not two.
-        for role, calls in ((("q", q_calls), ("pi", pi_calls)) if last_role == "q" else
+        # The role that served last goes first: where pi and q share one engine (weights swapped
+        # in, rollout.shared) a round then costs at most one swap. One engine in both roles
+        # (no RL) keeps the fixed order.
+        for role, calls in ((("q", q_calls), ("pi", pi_calls)) if last_role == "q" and sampler is not scorer else
                             (("pi", pi_calls), ("q", q_calls))):
             if calls():
                 last_role = role

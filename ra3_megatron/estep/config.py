@@ -69,9 +69,9 @@ class EStepConfig:
     # with the square; 1024 was fastest for the tiny model on CPU among 512..2048). (ours)
     rl_tree_tokens: int = 1024
     # The PPO ratio's old log-probs: "engine" asks q's rollout engine when it computes the
-    # trainer's log-probs exactly (`trainer_exact_logprobs`: the transformers backend in float32,
-    # same weights, synced after every step; its prefix store already holds the prefixes, so
-    # only the options run), else the trainer; "trainer": always a trainer forward pass. (ours)
+    # trainer's log-probs exactly (`trainer_exact_logprobs`: the transformers backends in float32,
+    # same weights, synced after every step; hf-cpu's prefix store already holds the prefixes,
+    # so only the options run), else the trainer; "trainer": always a trainer forward pass. (ours)
     old_logprobs: Literal["engine", "trainer"] = "engine"
     # How q's new weights reach its rollout engine after each RL step (`rl.sync`): "memory"
     # (named tensors, no disk), "folder" (an HF checkpoint dir written and read), "auto": memory

@@ -41,8 +41,8 @@ def probe_logprobs(engine, probes: Sequence[tuple[Sequence[int], Sequence[int], 
 def chain_logprobs(engine, requests: Sequence[tuple[Sequence[int], int]]) -> list[list[float]]:
     """For each (ids, start): log p(ids[i] | ids[:i]) for i in [start, len(ids)).
 
-    Through the engine's `sequence_logprobs(ids, start)` when it declares `chain_in_one_pass` (the
-    transformers backend: one pass, from its prefix store), else one `score_groups` group per request.
+    Through the engine's `sequence_logprobs(ids, start)` when it declares `chain_in_one_pass` (one
+    pass; `hf-cpu` from its prefix store), else one `score_groups` group per request.
     """
     if engine.capabilities.chain_in_one_pass:
         return [list(engine.sequence_logprobs(ids, start)) for ids, start in requests]

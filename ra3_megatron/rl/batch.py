@@ -177,7 +177,7 @@ def trim(batch: Batch, multiple: int = 16) -> Batch:
 def engine_logprobs(engine, batch: Batch) -> Any:
     """log p(labels) per position from a rollout engine, [B, s]; 0 outside [first, last] loss
     position of each row. The tokens before a row's first loss position are a search prefix, so
-    an engine with a prefix store (the transformers backend) computes only the rest (a folded
+    an engine with a prefix cache (vLLM, hf-cpu) computes only the rest (a folded
     row's later options score the code between them too, which costs a little, not the prefix)."""
     import torch
 

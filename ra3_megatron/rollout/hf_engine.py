@@ -138,8 +138,8 @@ class HFEngine(RolloutEngineBase):
     @engine_call
     def token_logprobs_at(self, ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int]) -> list[float]:
         """log p(tokens[i] | ids[:positions[i]]): the E-step's decision probes, one pass over ids."""
-        if any(not 1 <= p <= len(ids) for p in positions):
-            raise ValueError(f"token_logprobs_at: positions must lie in [1, {len(ids)}]")
+        if not check_probe(ids, positions, tokens):
+            return []
         with torch.inference_mode():
             logp = self._logprobs(ids[: max(positions, default=1)])
         return [logp[p - 1, t].item() for p, t in zip(positions, tokens)]
@@ -180,6 +180,17 @@ class HFEngine(RolloutEngineBase):
 
     def close(self) -> None:
         self.model = None
+
+
+def check_probe(ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int]) -> bool:
+    """Refuse a probe whose positions fall outside [1, len(ids)]; False when there is nothing to probe."""
+    if len(positions) != len(tokens):
+        raise ValueError(f"token_logprobs_at: {len(positions)} positions for {len(tokens)} tokens")
+    bad = [p for p in positions if not 1 <= p <= len(ids)]
+    if bad:
+        raise ValueError(f"token_logprobs_at: positions {bad[:3]} outside [1, {len(ids)}] (a position p probes "
+                         "the token after ids[:p])")
+    return bool(positions)
 
 
 def sample_rows(logits: torch.Tensor, cfg: SamplingConfig, gens: Sequence[torch.Generator],
@@ -257,10 +268,8 @@ def copy_named_weights(model, weights: NamedTensors, *, source: str) -> None:
         raise InputError(source, f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def load_state_dict_from_dir(model, hf_dir: str | Path) -> None:
-    """Copy the safetensors weights of an HF checkpoint dir into `model` in place."""
-    from safetensors import safe_open
-
+def safetensors_files(hf_dir: str | Path) -> list[Path]:
+    """The weight files of an HF checkpoint dir: the shards its index names, else every *.safetensors."""
     d = Path(hf_dir)
     files = sorted(d.glob("*.safetensors"))
     if not files:
@@ -268,6 +277,15 @@ def load_state_dict_from_dir(model, hf_dir: str | Path) -> None:
     index = d / "model.safetensors.index.json"
     if index.exists():  # sharded: read only the shards the index names
         files = sorted({d / f for f in json.loads(index.read_text())["weight_map"].values()})
+    return files
+
+
+def load_state_dict_from_dir(model, hf_dir: str | Path) -> None:
+    """Copy the safetensors weights of an HF checkpoint dir into `model` in place."""
+    from safetensors import safe_open
+
+    d = Path(hf_dir)
+    files = safetensors_files(d)
 
     def tensors():
         for f in files:

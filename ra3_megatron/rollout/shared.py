@@ -29,15 +29,12 @@ from ra3_megatron.rollout.base import NamedTensors
 
 
 def read_weights(hf_dir: str | Path) -> list[tuple[str, Any]]:
-    """Every tensor of an HF safetensors folder, in host memory."""
+    """Every tensor of an HF safetensors folder (the shards its index names), in host memory."""
     from safetensors.torch import load_file
 
-    from ra3_megatron.errors import InputError
+    from ra3_megatron.rollout.hf_engine import safetensors_files
 
-    files = sorted(Path(hf_dir).glob("*.safetensors"))
-    if not files:
-        raise InputError(str(hf_dir), "no *.safetensors weights in this directory")
-    return [item for f in files for item in load_file(str(f)).items()]
+    return [item for f in safetensors_files(hf_dir) for item in load_file(str(f)).items()]
 
 
 class SharedEngine:
@@ -45,6 +42,7 @@ class SharedEngine:
 
     def __init__(self, engine: Any):
         if not engine.capabilities.in_memory_weights:
+            engine.close()
             raise ConfigError(f"one engine for pi and q needs an engine that takes weights in memory; "
                               f"{type(engine).__name__} does not (vLLM above rollout TP 1 takes them by folder)")
         self.engine = engine
@@ -57,6 +55,7 @@ class SharedEngine:
         """The engine, holding `view`'s weights."""
         if self.resident is not view:
             t0 = time.perf_counter()
+            self.resident = None  # a swap that fails half-way leaves no role's weights
             self.engine.update_weights(view.host_weights())
             self.resident = view
             self.swaps += 1
@@ -94,6 +93,11 @@ class RoleView:
         return self._shared.engine.capabilities
 
     @property
+    def holds_weights(self) -> bool:
+        """Whether the engine holds this role's weights now (a call would not swap)."""
+        return self._shared.resident is self
+
+    @property
     def swaps(self) -> int:
         return self._shared.swaps
 
@@ -109,14 +113,15 @@ class RoleView:
             raise AttributeError(name)
         return getattr(self._shared.engine, name)
 
+    # A call with nothing to do answers without a swap.
     def generate(self, prompts, config):
-        return self._engine().generate(prompts, config)
+        return self._engine().generate(prompts, config) if len(prompts) else []
 
     def score_groups(self, groups):
-        return self._engine().score_groups(groups)
+        return self._engine().score_groups(groups) if len(groups) else []
 
     def probe_many(self, probes):
-        return self._engine().probe_many(probes)
+        return self._engine().probe_many(probes) if len(probes) else []
 
     def token_logprobs_at(self, ids, positions, tokens):
         return self._engine().token_logprobs_at(ids, positions, tokens)

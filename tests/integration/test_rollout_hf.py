@@ -48,6 +48,14 @@ def test_a_target_without_context_is_refused(hf):
         hf.score_groups([ScoreGroup(prefix=(), options=(ScoreOption(middle=(), target=(5,)),))])
 
 
+def test_probes_outside_the_sequence_are_refused(hf):
+    ids = [5, 6, 7, 8]
+    assert hf.token_logprobs_at(ids, [], []) == []
+    for positions in ([0], [5]):
+        with pytest.raises(ValueError, match="outside"):
+            hf.token_logprobs_at(ids, positions, [3])
+
+
 def test_probes_and_chains_equal_scores(hf):
     """The E-step's decision probes and `<act>` chain read the same log-probs as score_groups."""
     ids = hf.tokenizer.encode("import os\nimport sys\n\ndef main():\n    return 1\n", add_special_tokens=False)

@@ -54,6 +54,8 @@ def test_roles_swap_only_on_a_change_of_turn(monkeypatch):
     engine = started[0]
     assert len(started) == 1 and engine.loads == []  # started with pi's weights: nothing loaded yet
     assert pi.score_groups([1, 2]) == ["pi", "pi"] and engine.loads == []
+    assert q.score_groups([]) == [] and q.probe_many([]) == [] and engine.loads == []  # nothing to do: no swap
+    assert pi.holds_weights and not q.holds_weights
     assert q.generate([1], None) == ["q0"] and q.generate([1], None) == ["q0"] and engine.loads == ["q0"]
     q.update_weights(weights("q1"))  # RL's sync: q's set changes, the engine takes it at once
     assert engine.loads == ["q0", "q1"] and pi.score_groups([1]) == ["pi"] and q.generate([1], None) == ["q1"]

@@ -10,6 +10,10 @@ prefix that extends one scored earlier computes only its new tokens (`scorer="na
 reference's padded forward). Every weight change clears the store; code that changes
 `engine.model`'s weights in place must call `engine.store.clear()`.
 
+Where it differs from `hf`: prompts sampled without a seed draw from the engine's one stream in
+another order (seeded prompts match); a model outside the Llama family that scales its logits
+(`final_logit_softcapping`) gets its first sampled token from unscaled logits.
+
 It is built on private torch / transformers APIs (`rollout/private_apis.py`, pinned by the `cpu`
 extra) and serves CPU runs only: GPU runs use `vllm`.
 
@@ -30,7 +34,7 @@ from ra3_megatron.rollout.cpu_accel.hf_sampling import probe_logprobs, sample_ba
 from ra3_megatron.rollout.cpu_accel.kv_store import PrefixKVStore
 from ra3_megatron.rollout.cpu_accel.onednn import onednn_linears
 from ra3_megatron.rollout.cpu_accel.prefix_scorer import ScorerConfig, score_groups_prefix_cache
-from ra3_megatron.rollout.hf_engine import HFEngine, HFEngineConfig
+from ra3_megatron.rollout.hf_engine import HFEngine, HFEngineConfig, check_probe
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +123,8 @@ class CPUAccelEngine(HFEngine):
     def token_logprobs_at(self, ids: Sequence[int], positions: Sequence[int], tokens: Sequence[int]) -> list[float]:
         """log p(tokens[i] | ids[:positions[i]]): the E-step's decision probes, from one pass
         over ids whose K/V the store keeps for the thought prompts that follow."""
+        if not check_probe(ids, positions, tokens):
+            return []
         with torch.inference_mode(), onednn_linears(self.model, self.config.onednn):
             return probe_logprobs(self.model, ids, positions, tokens, self.store)
 
