@@ -200,9 +200,11 @@ def plan_recipe(recipe, *, gpus: int, gpu_gb: float) -> tuple[list[Phase], Shape
                        sequence_parallel=rl_layout.tp > 1)
     held = resident(rl)
     fraction = recipe.engines.memory_fraction
-    eng = engine_parts(shape, engines=2, gpu_gb=gpu_gb, used_gb=sum(held.values()) + OVERHEAD_GB,
+    n_engines = 1 if recipe.engines.share_pi_q else 2  # share_pi_q: one engine, the other role's weights on the host
+    eng = engine_parts(shape, engines=n_engines, gpu_gb=gpu_gb, used_gb=sum(held.values()) + OVERHEAD_GB,
                        rollout_tp=rollout_tp, fraction=fraction)
-    phases.append(Phase("E-step rollouts (pi, q)", f"q's trainer {rl_layout} + 2 vLLM engines (TP={rollout_tp})",
+    engines_text = ("1 vLLM engine for both, weights swapped" if n_engines == 1 else "2 vLLM engines")
+    phases.append(Phase("E-step rollouts (pi, q)", f"q's trainer {rl_layout} + {engines_text} (TP={rollout_tp})",
                         {**held, "engine weights": eng["engine weights"], "engine KV": max(0.0, eng["engine KV"])},
                         note=_engine_note(eng) or rl_note))
     phases.append(Phase("E-step q's RL update", f"{rl_layout} (engines asleep)", rl, note=rl_note))

@@ -62,3 +62,11 @@ def test_a_checkpoint_dir_config_and_overrides_are_read(tiny_model_dir, capsys):
     assert rc == 0 and "TP=2 PP=1 DP=4" in out
     assert main(["plan", "--recipe", "qwen25_1p5b_8gpu_h100_bf16", "em.model=/no/such/model"]) != 0
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_one_engine_for_pi_and_q_halves_the_engine_weights(capsys):
+    recipe = "llama31_8b_8gpu_h100_fp8"
+    assert main(["plan", "--recipe", recipe, "engines.memory_fraction=0.4"]) == 1  # two engines at 40%: too much
+    capsys.readouterr()
+    assert main(["plan", "--recipe", recipe, "engines.memory_fraction=0.4", "engines.share_pi_q=true"]) == 0
+    assert "1 vLLM engine for both, weights swapped" in capsys.readouterr().out
