@@ -171,7 +171,11 @@ def main() -> None:
 
     from ra3_megatron.rollout.cpu_accel.kv_store import PrefixKVStore
     from ra3_megatron.rollout.cpu_accel.onednn import onednn_linears
-    from ra3_megatron.rollout.cpu_accel.prefix_scorer import ScorerConfig, score_groups_naive, score_groups_prefix_cache
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import (
+        ScorerConfig,
+        score_groups_naive,
+        score_groups_prefix_cache,
+    )
 
     torch.set_num_threads(args.threads)
     path = model_dir(args.model)

@@ -63,6 +63,66 @@ class _Laps:
             self.t = now
 
 
+class _Round:
+    """One round of the serve loop: every pending request, answered by role. pi's calls (its
+    scores, the `<act>` chains) and q's (its scores, the decision probes, the thought samples)
+    are independent within a round, so either role may go first."""
+
+    def __init__(self, flat: list, *, sampler, scorer, cfg: EStepConfig, phase: str, ids: Sequence[str], lap):
+        self.flat, self.sampler, self.scorer, self.cfg, self.phase, self.ids, self.lap = (
+            flat, sampler, scorer, cfg, phase, ids, lap)
+        self.answers: list[object] = [None] * len(flat)
+        self.scores_for: dict[str, list[int]] = {"pi": [], "q": []}
+        for f, (_, req) in enumerate(flat):
+            if isinstance(req, ScoreRequest):
+                self.scores_for["q" if req.engine == "q" and sampler is not scorer else "pi"].append(f)
+
+    def _of(self, kind) -> list[int]:
+        return [f for f, (_, req) in enumerate(self.flat) if isinstance(req, kind)]
+
+    def _score(self, engine, idx: list[int]) -> None:
+        if idx:
+            for f, scores in zip(idx, engine.score_groups([self.flat[f][1].group for f in idx])):
+                self.answers[f] = [scores]
+        self.lap("score")
+
+    def pi_calls(self) -> bool:
+        """pi's work of the round; whether there was any."""
+        self._score(self.scorer, self.scores_for["pi"])
+        chains = self._of(ChainRequest)
+        if chains:
+            requests = [(self.flat[f][1].ids, self.flat[f][1].start) for f in chains]
+            for f, lps in zip(chains, chain_logprobs(self.scorer, requests)):
+                self.answers[f] = lps
+        self.lap("chain")
+        return bool(self.scores_for["pi"] or chains)
+
+    def q_calls(self) -> bool:
+        """q's work of the round; whether there was any."""
+        self._score(self.sampler, self.scores_for["q"])
+        probes = self._of(ProbeRequest)
+        if probes:
+            requests = [(self.flat[f][1].ids, self.flat[f][1].positions, self.flat[f][1].tokens) for f in probes]
+            for f, lps in zip(probes, probe_logprobs(self.sampler, requests)):
+                self.answers[f] = lps
+        self.lap("probe")
+        samples = self._of(SampleRequest)
+        if samples:
+            # One call for every prompt of the round, each with its own n and its own seed.
+            cfg = self.cfg
+            configs = [
+                SamplingConfig(n=self.flat[f][1].n, temperature=cfg.temperature, max_tokens=cfg.max_latent_tokens,
+                               stop=("\n",), seed=_seed(cfg.seed, self.phase, self.ids[self.flat[f][0]],
+                                                        self.flat[f][1].line))
+                for f in samples
+            ]
+            prompts = [list(self.flat[f][1].prompt) for f in samples]
+            for f, completions in zip(samples, self.sampler.generate(prompts, configs)):
+                self.answers[f] = completions
+        self.lap("sample")
+        return bool(self.scores_for["q"] or probes or samples)
+
+
 def serve(gens, ids: Sequence[str], *, sampler, scorer, cfg: EStepConfig, phase: str,
           clock: dict[str, float] | None = None) -> list:
     """Drive generators that yield the search's request types (`search_steps`, and the held-out
@@ -87,60 +147,19 @@ def serve(gens, ids: Sequence[str], *, sampler, scorer, cfg: EStepConfig, phase:
         # Every request of the round, bundles flattened: (search index, request), in order.
         flat = [(i, r) for i in sorted(pending)
                 for r in (pending[i].requests if isinstance(pending[i], Bundle) else (pending[i],))]
-        answers: list[object] = [None] * len(flat)
-        scores_for: dict[str, list[int]] = {"pi": [], "q": []}
-        for f, (_, req) in enumerate(flat):
-            if isinstance(req, ScoreRequest):
-                scores_for["q" if req.engine == "q" and sampler is not scorer else "pi"].append(f)
+        rnd = _Round(flat, sampler=sampler, scorer=scorer, cfg=cfg, phase=phase, ids=ids, lap=lap)
         lap("search")
-
-        def score(engine, idx: list[int]) -> None:
-            if idx:
-                for f, scores in zip(idx, engine.score_groups([flat[f][1].group for f in idx])):
-                    answers[f] = [scores]
-            lap("score")
-
-        def pi_calls() -> bool:
-            score(scorer, scores_for["pi"])
-            chains = [f for f, (_, req) in enumerate(flat) if isinstance(req, ChainRequest)]
-            if chains:
-                for f, lps in zip(chains, chain_logprobs(scorer, [(flat[f][1].ids, flat[f][1].start) for f in chains])):
-                    answers[f] = lps
-            lap("chain")
-            return bool(scores_for["pi"] or chains)
-
-        def q_calls() -> bool:
-            score(sampler, scores_for["q"])
-            probes = [f for f, (_, req) in enumerate(flat) if isinstance(req, ProbeRequest)]
-            if probes:
-                out = probe_logprobs(sampler, [(flat[f][1].ids, flat[f][1].positions, flat[f][1].tokens)
-                                               for f in probes])
-                for f, lps in zip(probes, out):
-                    answers[f] = lps
-            lap("probe")
-            samples = [f for f, (_, req) in enumerate(flat) if isinstance(req, SampleRequest)]
-            if samples:
-                # One call for every prompt of the round, each with its own n and its own seed.
-                configs = [
-                    SamplingConfig(n=flat[f][1].n, temperature=cfg.temperature, max_tokens=cfg.max_latent_tokens,
-                                   stop=("\n",), seed=_seed(cfg.seed, phase, ids[flat[f][0]], flat[f][1].line))
-                    for f in samples
-                ]
-                for f, completions in zip(samples, sampler.generate([list(flat[f][1].prompt) for f in samples],
-                                                                    configs)):
-                    answers[f] = completions
-            lap("sample")
-            return bool(scores_for["q"] or probes or samples)
-
         # The role that served last goes first: where pi and q share one engine (weights swapped
         # in, rollout.shared) a round then costs at most one swap. One engine in both roles
         # (no RL) keeps the fixed order.
-        for role, calls in ((("q", q_calls), ("pi", pi_calls)) if last_role == "q" and sampler is not scorer else
-                            (("pi", pi_calls), ("q", q_calls))):
+        order = (("q", rnd.q_calls), ("pi", rnd.pi_calls))
+        if last_role != "q" or sampler is scorer:
+            order = order[::-1]
+        for role, calls in order:
             if calls():
                 last_role = role
         by_search: dict[int, list[object]] = {}
-        for (i, _), answer in zip(flat, answers):
+        for (i, _), answer in zip(flat, rnd.answers):
             by_search.setdefault(i, []).append(answer)
         for i, got in by_search.items():
             advance(i, tuple(got) if isinstance(pending[i], Bundle) else got[0])

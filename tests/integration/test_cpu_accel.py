@@ -8,10 +8,9 @@ import statistics
 from dataclasses import replace
 
 import pytest
+from rollout_helpers import max_diff, one_by_one, random_groups, same_samples
 
-from ra3_megatron.errors import InputError
 from ra3_megatron.rollout import SamplingConfig, ScoreGroup, ScoreOption, create_engine
-from rollout_helpers import max_diff, one_by_one, random_groups, same_samples, sharp_model  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +19,11 @@ torch = pytest.importorskip("torch")
 
 @pytest.mark.parametrize("max_batch_tokens", [40, 32768])  # many small batches / one batch
 def test_prefix_cache_scorer_equals_full_forward(sharp_model, max_batch_tokens):
-    from ra3_megatron.rollout.cpu_accel.prefix_scorer import ScorerConfig, score_groups_naive, score_groups_prefix_cache
+    from ra3_megatron.rollout.cpu_accel.prefix_scorer import (
+        ScorerConfig,
+        score_groups_naive,
+        score_groups_prefix_cache,
+    )
 
     groups = random_groups(0, sharp_model.config.vocab_size)
     truth = one_by_one(sharp_model, groups)

@@ -6,10 +6,10 @@ own `generate`."""
 from __future__ import annotations
 
 import pytest
+from rollout_helpers import max_diff, one_by_one, random_groups, same_samples
 
 from ra3_megatron.errors import InputError
 from ra3_megatron.rollout import SamplingConfig, ScoreGroup, ScoreOption, create_engine
-from rollout_helpers import max_diff, one_by_one, random_groups, same_samples, sharp_model  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
