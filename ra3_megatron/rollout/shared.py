@@ -28,13 +28,23 @@ from ra3_megatron.errors import ConfigError
 from ra3_megatron.rollout.base import NamedTensors
 
 
+def host_copy(tensor, *, owned: bool = False) -> Any:
+    """A tensor in host memory, page-locked where a GPU will read it (a swap's copies to the device
+    then run at full bus speed). A trainer's tensor is copied (it changes in place); one we own
+    (just read from a file) is not copied again."""
+    import torch
+
+    t = tensor.detach() if owned else tensor.detach().to("cpu", copy=True)
+    return t.pin_memory() if torch.cuda.is_available() else t
+
+
 def read_weights(hf_dir: str | Path) -> list[tuple[str, Any]]:
     """Every tensor of an HF safetensors folder (the shards its index names), in host memory."""
     from safetensors.torch import load_file
 
     from ra3_megatron.rollout.hf_engine import safetensors_files
 
-    return [item for f in safetensors_files(hf_dir) for item in load_file(str(f)).items()]
+    return [(name, host_copy(t, owned=True)) for f in safetensors_files(hf_dir) for name, t in load_file(str(f)).items()]
 
 
 class SharedEngine:
@@ -131,7 +141,7 @@ class RoleView:
 
     def update_weights(self, weights: NamedTensors) -> None:
         """This role's weights change (kept in host memory); the engine takes them now."""
-        self._weights = [(name, t.detach().to("cpu", copy=True)) for name, t in weights]
+        self._weights = [(name, host_copy(t)) for name, t in weights]
         self._dir = None
         self._reload()
 
