@@ -107,7 +107,7 @@ def epoch_steps(tokens: int, a) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="tiny", help="tiny, smollm2, or an HF checkpoint dir")
+    p.add_argument("--model", default="tiny", help="tiny, tiny-warm, smollm2, or an HF checkpoint dir")
     p.add_argument("--work", default="runs/bench_em_cost", help="work dir (cached corpus, data, pretrained model)")
     p.add_argument("--corpus", default="stdlib", choices=("stdlib", "mbpp"),
                    help="stdlib packages (--files of them) or MBPP's train-split solutions of 4+ lines")
@@ -139,16 +139,9 @@ def main() -> None:
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    if a.model == "tiny":
-        from ra3_megatron.models.tiny import tiny_model_dir
+    from ra3_megatron.models.warm import resolve_model
 
-        model = str(tiny_model_dir())
-    elif a.model == "smollm2":
-        from ra3_megatron.models.smollm2 import smollm2_dir
-
-        model = str(smollm2_dir())
-    else:
-        model = a.model
+    model = resolve_model(a.model)
     if a.pretrain_steps:
         pre = work / f"pretrained_{a.pretrain_steps}"
         if not (pre / "hf" / "config.json").is_file():

@@ -49,7 +49,7 @@ class RecordingSampler:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2", help="tiny, smollm2, or an HF checkpoint dir")
+    p.add_argument("--model", default="smollm2", help="tiny, tiny-warm, smollm2, or an HF checkpoint dir")
     p.add_argument("--limit", type=int, default=60, help="MBPP solutions (0: all 272)")
     p.add_argument("--batch-snippets", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
@@ -59,18 +59,10 @@ def main() -> None:
     from ra3_megatron.estep.batch import run_searches
     from ra3_megatron.estep.config import EStepConfig
     from ra3_megatron.estep.infuse import iter_snippets
+    from ra3_megatron.models.warm import resolve_model
     from ra3_megatron.rollout.base import create_engine
 
-    if a.model == "tiny":
-        from ra3_megatron.models.tiny import tiny_model_dir
-
-        model = str(tiny_model_dir())
-    elif a.model == "smollm2":
-        from ra3_megatron.models.smollm2 import smollm2_dir
-
-        model = str(smollm2_dir())
-    else:
-        model = a.model
+    model = resolve_model(a.model)
     src = mbpp_corpus(Path(a.work) / "corpus", a.limit or None)
     cfg = EStepConfig(batch_snippets=a.batch_snippets, rl_steps=0)
     engine = create_engine("vllm", model=model, threads=a.threads)

@@ -32,7 +32,7 @@ def run(args: list[str], out: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2", help="tiny, smollm2, or an HF checkpoint dir")
+    p.add_argument("--model", default="smollm2", help="tiny, tiny-warm, smollm2, or an HF checkpoint dir")
     p.add_argument("--backend", default="vllm", choices=("vllm", "hf", "hf-cpu"))
     p.add_argument("--trainer", default="megatron", choices=("megatron", "torch"))
     p.add_argument("--limit", type=int, default=60, help="MBPP solutions in the corpus (0: all 272)")
@@ -41,16 +41,9 @@ def main() -> None:
     p.add_argument("--work", default="runs/bench_share_engine")
     a = p.parse_args()
     THREADS["OMP_NUM_THREADS"] = str(a.threads)
-    if a.model == "tiny":
-        from ra3_megatron.models.tiny import tiny_model_dir
+    from ra3_megatron.models.warm import resolve_model
 
-        model = str(tiny_model_dir())
-    elif a.model == "smollm2":
-        from ra3_megatron.models.smollm2 import smollm2_dir
-
-        model = str(smollm2_dir())
-    else:
-        model = a.model
+    model = resolve_model(a.model)
     work = Path(a.work)
     shutil.rmtree(work / "corpus", ignore_errors=True)
     src = mbpp_corpus(work / "corpus", a.limit or None)
