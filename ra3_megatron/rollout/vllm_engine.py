@@ -308,7 +308,10 @@ def require_vllm() -> None:
     """A clear error where vLLM is not installed (the default backend needs it; an environment made
     for Megatron-Bridge has none), instead of an ImportError from deep inside the engine."""
     import importlib.util
+    import sys
 
+    if "vllm" in sys.modules:  # imported already (or stood in for by a test)
+        return
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError("the vllm rollout backend needs vLLM, which is not installed here: install the cpu or "
                           "gpu extra (pip install -e '.[gpu]'), or choose another backend (--backend hf, or "

@@ -23,11 +23,13 @@ def test_context_length_is_the_models_own_capped(tmp_path):
 def test_a_missing_vllm_is_a_clear_error(monkeypatch, tmp_path):
     """The default backend is vllm: without vLLM installed, creating an engine says what to do."""
     import importlib.util
+    import sys
 
     from ra3_megatron.errors import ConfigError
     from ra3_megatron.rollout.base import create_engine
 
     real = importlib.util.find_spec
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     with pytest.raises(ConfigError, match="needs vLLM.*--backend hf"):
         create_engine("vllm", model=str(tmp_path))
